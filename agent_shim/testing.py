@@ -1,0 +1,43 @@
+"""Test helpers: a tracker whose records land in a list instead of a socket."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import ShimSettings
+from .payload import Cleaner
+from .tracker import Record, Tracker
+
+
+class RecordingSink:
+    """Keeps every record, cleaned exactly as the sender would clean it before packing."""
+
+    def __init__(self, settings: ShimSettings | None = None) -> None:
+        settings = settings or ShimSettings()
+        self._cleaner = Cleaner(settings.max_field_chars, settings.redact_keys,
+                                settings.redact_patterns)
+        self.records: list[Record] = []
+
+    def submit(self, record: Record) -> None:
+        self.records.append(self._cleaner.clean_record(dict(record)))
+
+    def flush(self, timeout: float) -> bool:
+        return True
+
+    def shutdown(self, timeout: float) -> bool:
+        return True
+
+    def forked(self) -> RecordingSink:
+        return RecordingSink()
+
+    def of(self, kind: str, **match: Any) -> list[Record]:
+        """The records of one kind whose fields equal ``match``."""
+        return [r for r in self.records
+                if r["k"] == kind and all(r.get(k) == v for k, v in match.items())]
+
+
+def recording_tracker(settings: ShimSettings | None = None) -> tuple[Tracker, RecordingSink]:
+    """A live tracker (not the process's) and the sink that receives its records."""
+    settings = settings or ShimSettings(collector_urls=("inproc://recording",))
+    sink = RecordingSink(settings)
+    return Tracker(settings, sink), sink

@@ -1,0 +1,324 @@
+"""The tracker: builds records on the caller's thread and hands them to a sink.
+
+The hot path is: read the current scope, build a small dict, snapshot the payloads, append to
+the sink's queue. No lock, no I/O, no exception into the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from contextvars import Token
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .config import ShimSettings
+from .context import CURRENT, Scope
+from .payload import snapshot
+from .wire import new_id, now_us
+
+if TYPE_CHECKING:
+    from .workflow import RunScope
+
+log = logging.getLogger(__name__)
+
+Record = dict[str, Any]
+
+
+class Sink(Protocol):
+    """Where records go: the ZeroMQ sender in production, a list in tests."""
+
+    def submit(self, record: Record) -> None: ...
+    def flush(self, timeout: float) -> bool: ...
+    def shutdown(self, timeout: float) -> bool: ...
+    def forked(self) -> Sink: ...
+
+
+class Span:
+    """An open span; ``inner`` is the scope of everything that happens inside it."""
+
+    __slots__ = ("id", "scope", "event_type", "agent_name")
+
+    def __init__(self, span_id: bytes, scope: Scope, event_type: str, agent_name: str | None):
+        self.id = span_id
+        self.scope = scope
+        self.event_type = event_type
+        self.agent_name = agent_name
+
+    @property
+    def inner(self) -> Scope:
+        return self.scope.child(self.id)
+
+
+class Tracker:
+    """The process's tracker (see :func:`agent_shim.activate`)."""
+
+    enabled = True
+
+    def __init__(self, settings: ShimSettings, sink: Sink) -> None:
+        self.settings = settings
+        self._sink = sink
+        self._submit = sink.submit
+        self._process_scope: Scope | None = None
+        self._process_run_owned = False
+        self._lock = threading.Lock()
+
+    # --- where events go ------------------------------------------------------------------
+
+    def scope(self) -> Scope:
+        """The current scope; outside any run, the process's implicit run."""
+        return CURRENT.get() or self._process_scope or self._open_process_run()
+
+    def _open_process_run(self) -> Scope:
+        with self._lock:
+            if self._process_scope is None:
+                settings = self.settings
+                if settings.run_id is not None:  # a worker attached to its parent's run
+                    scope = Scope(run=settings.run_id, session=settings.session_id)
+                else:
+                    session = settings.session_id or self.open_session(name="implicit")
+                    scope = Scope(run=new_id(), session=session)
+                    self._submit(run_start_record(scope, task=None, meta={"implicit": True}))
+                    self._process_run_owned = True
+                self._process_scope = scope
+            return self._process_scope
+
+    def open_session(self, name: str | None = None, meta: dict[str, Any] | None = None) -> bytes:
+        """Record a new session and return its id."""
+        session_id = new_id()
+        self._submit(
+            {"k": "session", "p": "point", "id": session_id, "name": name, "status": "active",
+             "meta": snapshot(meta), "ts": now_us()}
+        )
+        return session_id
+
+    # --- events and spans -----------------------------------------------------------------
+
+    def event(
+        self,
+        event_type: str,
+        *,
+        subtype: str | None = None,
+        agent_name: str | None = None,
+        status: str = "completed",
+        inputs: Any = None,
+        outputs: Any = None,
+        meta: Any = None,
+        error: str | None = None,
+        scope: Scope | None = None,
+    ) -> bytes:
+        """Record one point event in the current run/node; returns its id."""
+        scope = scope or self.scope()
+        event_id = new_id()
+        self._submit(
+            {"k": "event", "p": "point", "id": event_id, "run": scope.run,
+             "session": scope.session, "node": scope.node, "parent": scope.span,
+             "depth": scope.depth, "type": event_type, "subtype": subtype, "agent": agent_name,
+             "status": status, "inputs": snapshot(inputs), "outputs": snapshot(outputs),
+             "meta": snapshot(meta), "error": error, "ts": now_us()}
+        )
+        return event_id
+
+    def start_span(
+        self,
+        event_type: str,
+        *,
+        subtype: str | None = None,
+        agent_name: str | None = None,
+        inputs: Any = None,
+        meta: Any = None,
+        scope: Scope | None = None,
+    ) -> Span:
+        """Open a span (recorded at once as ``running``); the caller must :meth:`end_span` it."""
+        scope = scope or self.scope()
+        span = Span(new_id(), scope, event_type, agent_name)
+        self._submit(
+            {"k": "event", "p": "start", "id": span.id, "run": scope.run,
+             "session": scope.session, "node": scope.node, "parent": scope.span,
+             "depth": scope.depth, "type": event_type, "subtype": subtype, "agent": agent_name,
+             "status": "running", "inputs": snapshot(inputs), "meta": snapshot(meta),
+             "ts": now_us()}
+        )
+        return span
+
+    def end_span(
+        self,
+        span: Span,
+        *,
+        status: str = "completed",
+        outputs: Any = None,
+        error: str | None = None,
+        meta: Any = None,
+        subtype: str | None = None,
+    ) -> None:
+        """Close a span; ``meta`` is merged into what the start recorded."""
+        scope = span.scope
+        self._submit(
+            {"k": "event", "p": "end", "id": span.id, "run": scope.run, "session": scope.session,
+             "type": span.event_type, "subtype": subtype, "status": status,
+             "outputs": snapshot(outputs), "meta": snapshot(meta), "error": error,
+             "ts": now_us()}
+        )
+
+    def span(self, event_type: str, **fields: Any) -> SpanScope:
+        """``with``/``async with`` a span that is the parent of everything inside it."""
+        return SpanScope(self, event_type, fields)
+
+    def cost(
+        self,
+        *,
+        model: str | None,
+        agent_name: str | None = None,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        total_tokens: int | None = None,
+        cost_usd: float | None = None,
+        event_id: bytes | None = None,
+        scope: Scope | None = None,
+    ) -> None:
+        """Record one LLM call's usage into ``cost_records``."""
+        scope = scope or self.scope()
+        self._submit(
+            {"k": "cost", "p": "point", "id": new_id(), "run": scope.run,
+             "session": scope.session, "node": scope.node, "event": event_id, "model": model,
+             "agent": agent_name, "prompt_tokens": prompt_tokens,
+             "completion_tokens": completion_tokens, "total_tokens": total_tokens,
+             "cost_usd": cost_usd, "ts": now_us()}
+        )
+
+    def record(self, record: Record) -> None:
+        """Submit a prepared record (the workflow model's nodes and edges)."""
+        self._submit(record)
+
+    def run(self, task: str | None = None, **meta: Any) -> RunScope:
+        """``with``/``async with`` one workflow run (one session, one run; see ``workflow``)."""
+        from .workflow import RunScope
+
+        return RunScope(self, task, meta)
+
+    # --- delivery -------------------------------------------------------------------------
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything emitted so far is committed; ``False`` if the timeout passed."""
+        return self._sink.flush(timeout)
+
+    def after_fork(self) -> None:
+        """In a forked child: a fresh sink; the parent's implicit run stays the parent's to close."""
+        self._lock = threading.Lock()
+        self._process_run_owned = False
+        self._sink = self._sink.forked()
+        self._submit = self._sink.submit
+        if "multiprocessing" in sys.modules:
+            # multiprocessing's children leave through os._exit, which skips atexit.
+            from multiprocessing.util import Finalize
+
+            Finalize(None, self.shutdown, exitpriority=0)
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Close the implicit run, deliver what is pending within ``timeout``, spool the rest."""
+        with self._lock:
+            scope, owned = self._process_scope, self._process_run_owned
+            self._process_run_owned = False
+        if scope is not None and owned:
+            self._submit(run_end_record(scope, "completed", None))
+        return self._sink.shutdown(self.settings.exit_timeout if timeout is None else timeout)
+
+
+class SpanScope:
+    """A span as a context manager: the current scope inside, ``failed`` on an exception."""
+
+    __slots__ = ("_tracker", "_event_type", "_fields", "_token", "span")
+
+    def __init__(self, tracker: Tracker, event_type: str, fields: dict[str, Any]) -> None:
+        self._tracker = tracker
+        self._event_type = event_type
+        self._fields = fields
+        self._token: Token[Scope | None] | None = None
+        self.span: Span | None = None
+
+    def __enter__(self) -> Span:
+        self.span = self._tracker.start_span(self._event_type, **self._fields)
+        self._token = CURRENT.set(self.span.inner)
+        return self.span
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._token is not None:
+            CURRENT.reset(self._token)
+        if self.span is not None:
+            failed = exc is not None
+            self._tracker.end_span(self.span, status="failed" if failed else "completed",
+                                   error=f"{type(exc).__name__}: {exc}" if failed else None)
+
+    async def __aenter__(self) -> Span:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+def run_start_record(scope: Scope, task: str | None, meta: Any) -> Record:
+    return {"k": "run", "p": "start", "id": scope.run, "session": scope.session, "task": task,
+            "status": "running", "meta": snapshot(meta), "ts": now_us()}
+
+
+def run_end_record(scope: Scope, status: str, error: str | None, meta: Any = None) -> Record:
+    return {"k": "run", "p": "end", "id": scope.run, "session": scope.session, "status": status,
+            "error": error, "meta": snapshot(meta), "ts": now_us()}
+
+
+class DisabledTracker:
+    """Capture off: every call is a no-op, and nothing was started to get here."""
+
+    enabled = False
+
+    def scope(self) -> None:
+        return None
+
+    def event(self, event_type: str, **fields: Any) -> None:
+        return None
+
+    def start_span(self, event_type: str, **fields: Any) -> None:
+        return None
+
+    def end_span(self, span: Any, **fields: Any) -> None:
+        return None
+
+    def span(self, event_type: str, **fields: Any) -> _Nothing:
+        return _NOTHING
+
+    def cost(self, **fields: Any) -> None:
+        return None
+
+    def record(self, record: Record) -> None:
+        return None
+
+    def run(self, task: str | None = None, **meta: Any) -> _Nothing:
+        return _NOTHING
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        return True
+
+
+class _Nothing:
+    """A context manager (sync and async) that does nothing."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+_NOTHING = _Nothing()

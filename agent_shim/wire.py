@@ -1,0 +1,167 @@
+"""The wire protocol between the shim and the collector: the one place both sides import.
+
+A shim sends *frames*; the collector answers with *acks* after its database commit.
+
+Frame (one ZeroMQ message part, msgpack)::
+
+    [VERSION, batch_id, header, records]
+
+- ``batch_id``: 16 bytes, the sender id (8 random bytes per process) and a big-endian sequence
+  number. The collector acks it; a redelivered frame carries the same id.
+- ``header``: ``{"host": str, "pid": int, "drops": {run_id: count}}``; ``drops`` is the sender's
+  cumulative count of events it had to drop, per run, so the stored run shows them.
+- ``records``: a list of maps, each with ``k`` (the kind, below) and ``p`` (the phase: ``start``,
+  ``end`` or ``point``). Ids are 16-byte UUIDs made by the shim (:func:`new_id`); times (``ts``)
+  are integer microseconds since the Unix epoch.
+
+Record kinds and their fields (``?`` = optional):
+
+- ``session`` (point): ``id, name?, status?, meta?, ts``
+- ``run`` (start/end): ``id, session, task?, status?, error?, meta?, ts``
+- ``node`` (start/end/point): ``id, run, session, name?, node_type?, parent_node?, depth?, agent?,
+  order_index?, status?, error?, meta?, ts``
+- ``edge`` (point): ``run, session, from, to, dependency_type?, condition?``
+- ``event`` (start/end/point): ``id, run, session, type, subtype?, node?, parent?, agent?, status?,
+  depth?, inputs?, outputs?, meta?, error?, ts``
+- ``cost`` (point): ``id, run, session, node?, event?, model?, agent?, prompt_tokens?,
+  completion_tokens?, total_tokens?, cost_usd?, ts``
+
+A span (anything with a duration) is sent as a ``start`` and an ``end`` record with the same id:
+an open span is visible while it runs and stays ``running`` if its process dies. The ``end`` may
+arrive before the ``start``; the collector merges them whichever comes first.
+
+Ack (collector → shim)::
+
+    [VERSION, "ack", [batch_id, ...]]
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from typing import Any
+
+import msgpack
+
+VERSION = 1
+ACK = "ack"
+
+KINDS = ("session", "run", "node", "edge", "event", "cost")
+PHASES = ("start", "end", "point")
+
+#: Frames larger than this are refused by the collector (and never built by the shim).
+MAX_FRAME_BYTES = 8 * 1024 * 1024
+
+
+class WireError(ValueError):
+    """A frame or record does not follow this protocol; ``reason`` is a short stable code."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+# --- ids -----------------------------------------------------------------------------------
+#
+# UUIDv7 layout (RFC 9562): 48-bit Unix milliseconds, version 7, then 74 bits that must make ids
+# unique.  ``uuid.uuid4()`` per event costs a urandom syscall; instead each process draws a random
+# 32-bit node number once and counts.  Ids sort by time (to the millisecond), so they index well.
+
+_node = 0
+_counter: itertools.count[int] = itertools.count()
+
+
+def _reseed() -> None:
+    global _node, _counter
+    seed = int.from_bytes(os.urandom(8), "big")
+    _node = seed >> 32
+    _counter = itertools.count(seed & 0x3FFFFFFF)
+
+
+_reseed()
+os.register_at_fork(after_in_child=_reseed)
+
+
+def new_id() -> bytes:
+    """A fresh 16-byte, time-ordered id, unique across processes and hosts."""
+    count = next(_counter) & 0x3FF_FFFF_FFFF  # 42 bits
+    value = (
+        (time.time_ns() // 1_000_000) << 80
+        | 0x7 << 76
+        | (count >> 30) << 64
+        | 0b10 << 62
+        | _node << 30
+        | (count & 0x3FFFFFFF)
+    )
+    return value.to_bytes(16, "big")
+
+
+def now_us() -> int:
+    """The current time in the protocol's unit (integer microseconds since the epoch)."""
+    return time.time_ns() // 1000
+
+
+# --- frames --------------------------------------------------------------------------------
+
+
+def pack_record(record: dict[str, Any]) -> bytes:
+    """One record's bytes; records must hold only msgpack-native values (see ``payload``)."""
+    return msgpack.packb(record, use_bin_type=True)
+
+
+def encode_frame(batch_id: bytes, header: dict[str, Any], packed_records: list[bytes]) -> bytes:
+    """Assemble a frame from records already packed by :func:`pack_record`."""
+    envelope = msgpack.Packer(use_bin_type=True)
+    return b"".join(
+        (
+            envelope.pack_array_header(4),
+            envelope.pack(VERSION),
+            envelope.pack(batch_id),
+            envelope.pack(header),
+            envelope.pack_array_header(len(packed_records)),
+            *packed_records,
+        )
+    )
+
+
+def decode_frame(frame: bytes) -> tuple[bytes, dict[str, Any], list[Any]]:
+    """Unpack and check a frame's envelope; records are checked one by one by the collector.
+
+    Raises :class:`WireError` with reason ``oversize``, ``malformed``, ``bad_envelope`` or
+    ``unknown_version``.
+    """
+    if len(frame) > MAX_FRAME_BYTES:
+        raise WireError("oversize", f"{len(frame)} bytes > {MAX_FRAME_BYTES}")
+    try:
+        message = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises a family of unrelated types on bad input
+        raise WireError("malformed", f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(message, list) or not message:
+        raise WireError("bad_envelope", "a frame is a non-empty array")
+    if message[0] != VERSION:
+        raise WireError("unknown_version", repr(message[0])[:100])
+    if len(message) != 4:
+        raise WireError("bad_envelope", f"expected 4 elements, got {len(message)}")
+    _, batch_id, header, records = message
+    if not isinstance(batch_id, bytes) or len(batch_id) != 16:
+        raise WireError("bad_envelope", "batch_id must be 16 bytes")
+    if not isinstance(header, dict) or not isinstance(records, list):
+        raise WireError("bad_envelope", "header must be a map and records an array")
+    return batch_id, header, records
+
+
+def encode_ack(batch_ids: list[bytes]) -> bytes:
+    return msgpack.packb([VERSION, ACK, batch_ids], use_bin_type=True)
+
+
+def decode_ack(message: bytes) -> list[bytes]:
+    """The batch ids an ack confirms; an empty list for anything that is not a valid ack."""
+    try:
+        version, kind, batch_ids = msgpack.unpackb(message, raw=False)
+    except Exception:
+        return []
+    if version != VERSION or kind != ACK or not isinstance(batch_ids, list):
+        return []
+    return [b for b in batch_ids if isinstance(b, bytes)]
