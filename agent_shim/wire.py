@@ -135,7 +135,8 @@ def decode_frame(frame: bytes) -> tuple[bytes, dict[str, Any], list[Any]]:
     if len(frame) > MAX_FRAME_BYTES:
         raise WireError("oversize", f"{len(frame)} bytes > {MAX_FRAME_BYTES}")
     try:
-        message = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+        # One bad string must not cost the frame: invalid UTF-8 becomes U+FFFD.
+        message = msgpack.unpackb(frame, raw=False, strict_map_key=False, unicode_errors="replace")
     except Exception as exc:  # msgpack raises a family of unrelated types on bad input
         raise WireError("malformed", f"{type(exc).__name__}: {exc}") from None
     if not isinstance(message, list) or not message:

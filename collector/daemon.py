@@ -1,0 +1,209 @@
+"""The collector daemon: receive frames, batch them, commit, then acknowledge.
+
+- Receiving never awaits per frame: the socket's file descriptor wakes a callback that drains
+  every waiting frame without blocking (``recv`` with ``NOBLOCK`` until ``Again``).
+- Frames wait in memory until a batch is full (by events) or ``batch_delay`` has passed since the
+  first one arrived. Past ``max_pending_bytes`` the daemon stops reading; ZeroMQ's buffers then
+  fill and the shims' sends back off, so pressure reaches them instead of our memory.
+- A batch is committed in one transaction; only then are its frames acknowledged. If the
+  database is away, the same batch is retried with backoff and nothing is acknowledged.
+- SIGTERM or SIGINT: stop reading, commit and acknowledge what is held, exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import zmq
+
+from agent_shim.wire import encode_ack
+
+from .pipeline import Decoded, decode
+from .settings import Settings
+from .store import Store, WriteResult
+
+log = logging.getLogger(__name__)
+
+RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass
+class Stats:
+    """What the daemon has done since it started (exported as metrics, logged at exit)."""
+
+    frames_received: int = 0
+    bytes_received: int = 0
+    batches_committed: int = 0
+    rows_inserted: Counter[str] = field(default_factory=Counter)
+    rows_merged: Counter[str] = field(default_factory=Counter)
+    quarantined: Counter[str] = field(default_factory=Counter)
+    database_errors: int = 0
+    paused: int = 0
+
+    def record(self, result: WriteResult) -> None:
+        self.batches_committed += 1
+        self.rows_inserted.update(result.inserted)
+        self.rows_merged.update(result.merged)
+        self.quarantined.update(result.quarantined)
+
+
+class Collector:
+    """One daemon: a ROUTER socket, a queue of received frames, one writer."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.stats = Stats()
+        self._pending: deque[tuple[bytes, bytes]] = deque()
+        self._pending_bytes = 0
+        self._reading = False
+        self._stopping = False
+        self._context = zmq.Context()
+        self._socket: zmq.Socket[bytes] = self._context.socket(zmq.ROUTER)
+        self._arrived = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, *, handle_signals: bool = True) -> None:
+        """Run until :meth:`stop` (or a signal); commits what it holds before returning."""
+        self._loop = asyncio.get_running_loop()
+        self._bind()
+        if handle_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(signum, self.stop, signum)
+        self._resume_reading()
+        log.info("collector listening on %s", ", ".join(self.settings.bind))
+        try:
+            await self._write_loop()
+        finally:
+            self._pause_reading()
+            self._socket.close(linger=1000)  # the last acks get a moment to leave
+            self._context.term()
+            log.info(
+                "collector stopped: %d frames received, %d batches committed, rows stored %s, "
+                "quarantined %s, %d database errors", self.stats.frames_received,
+                self.stats.batches_committed, dict(self.stats.rows_inserted),
+                dict(self.stats.quarantined), self.stats.database_errors)
+
+    def stop(self, signum: int | None = None) -> None:
+        """Stop reading; the write loop commits and acknowledges what is held, then returns."""
+        if signum is not None:
+            log.info("received %s: committing %d held frames, then stopping",
+                     signal.Signals(signum).name, len(self._pending))
+        self._stopping = True
+        self._pause_reading()
+        self._arrived.set()
+
+    # --- receiving ------------------------------------------------------------------------
+
+    def _bind(self) -> None:
+        sock = self._socket
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting shim takes its identity back
+        # Frames far over the limit are refused by ZeroMQ before they are read; those just
+        # over it still arrive, and are quarantined with their reason.
+        sock.setsockopt(zmq.MAXMSGSIZE, 4 * self.settings.max_frame_bytes)
+        sock.setsockopt(zmq.RCVHWM, 1000)
+        for endpoint in self.settings.bind:
+            sock.bind(endpoint)
+
+    def _resume_reading(self) -> None:
+        if not self._reading and not self._stopping:
+            assert self._loop is not None
+            self._reading = True
+            self._loop.add_reader(self._socket.FD, self._drain)
+            self._drain()  # the descriptor is edge-triggered: read what is already waiting
+
+    def _pause_reading(self) -> None:
+        if self._reading and self._loop is not None:
+            self._reading = False
+            self._loop.remove_reader(self._socket.FD)
+
+    def _drain(self) -> None:
+        sock = self._socket
+        while self._reading and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            identity, frame = parts[0], b"".join(parts[1:])
+            self._pending.append((identity, frame))
+            self._pending_bytes += len(frame)
+            self.stats.frames_received += 1
+            self.stats.bytes_received += len(frame)
+            if self._pending_bytes >= self.settings.max_pending_bytes:
+                self.stats.paused += 1
+                log.warning("holding %d bytes: not reading until the database catches up",
+                            self._pending_bytes)
+                self._pause_reading()
+        self._arrived.set()
+
+    # --- writing --------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        while True:
+            if not self._pending:
+                if self._stopping:
+                    return
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            if not self._stopping:
+                await asyncio.sleep(self.settings.batch_delay)  # let a batch gather
+            batch = self._take_batch()
+            await self._commit(batch)
+            if self._pending_bytes < self.settings.max_pending_bytes // 2:
+                self._resume_reading()
+
+    def _take_batch(self) -> list[Decoded]:
+        batch: list[Decoded] = []
+        rows = 0
+        max_bytes = self.settings.max_frame_bytes
+        while self._pending and rows < self.settings.batch_max_events:
+            identity, frame = self._pending.popleft()
+            self._pending_bytes -= len(frame)
+            decoded = decode(identity, frame, max_bytes)
+            rows += len(decoded.rows)
+            batch.append(decoded)
+        return batch
+
+    async def _commit(self, batch: list[Decoded]) -> None:
+        """Write until it succeeds (or we are stopping and out of time), then acknowledge."""
+        deadline: float | None = None
+        for attempt in range(1_000_000):
+            started = time.monotonic()
+            try:
+                result = await self.store.write(batch)
+            except Exception as exc:
+                self.stats.database_errors += 1
+                delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+                log.warning("cannot store a batch of %d frames (%s: %s); retrying in %.1fs",
+                            len(batch), type(exc).__name__, exc, delay)
+                if self._stopping:
+                    deadline = deadline or time.monotonic() + self.settings.shutdown_timeout
+                    if time.monotonic() + delay > deadline:
+                        log.error("giving up at shutdown: %d frames stay unacknowledged and "
+                                  "will be sent again by their shims", len(batch))
+                        return
+                await asyncio.sleep(delay)
+                continue
+            self.stats.record(result)
+            log.debug("committed %d frames in %.1f ms", len(batch),
+                      (time.monotonic() - started) * 1000)
+            self._acknowledge(batch)
+            return
+
+    def _acknowledge(self, batch: list[Decoded]) -> None:
+        by_peer: dict[bytes, list[bytes]] = {}
+        for decoded in batch:
+            if decoded.batch_id is not None:
+                by_peer.setdefault(decoded.identity, []).append(decoded.batch_id)
+        for identity, batch_ids in by_peer.items():
+            try:
+                self._socket.send_multipart([identity, encode_ack(batch_ids)], zmq.NOBLOCK)
+            except zmq.ZMQError:  # the shim is gone; it will resend, and we store it once
+                pass

@@ -1,0 +1,76 @@
+"""The collector's settings: one dataclass, filled from flags and environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+BIND = "CMBAGENT_COLLECTOR_BIND"
+DATABASE_URL = "CMBAGENT_DATABASE_URL"
+TRACKING_HOME = "CMBAGENT_TRACKING_HOME"
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "cmbagent-tracking"
+
+
+class SettingsError(ValueError):
+    """A setting is unusable; the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``cmbagent-collector serve`` can be told."""
+
+    bind: tuple[str, ...] = ("tcp://127.0.0.1:5555",)
+    dsn: str | None = None
+    data_dir: Path = field(default_factory=default_data_dir)
+    migrate: bool = True
+    max_frame_bytes: int = 8 * 1024 * 1024
+    batch_max_events: int = 5_000
+    batch_delay: float = 0.005
+    max_pending_bytes: int = 256 * 1024 * 1024
+    shutdown_timeout: float = 10.0
+    pool_size: int = 4
+
+    def __post_init__(self) -> None:
+        for endpoint in self.bind:
+            if not endpoint.startswith(("tcp://", "ipc://", "inproc://")):
+                raise SettingsError(
+                    f"bind endpoint {endpoint!r} is not a ZeroMQ endpoint; "
+                    "use tcp://HOST:PORT or ipc:///path"
+                )
+        if self.dsn is not None and urlsplit(self.dsn).scheme not in ("postgres", "postgresql"):
+            raise SettingsError(
+                f"database URL {redact_dsn(self.dsn)!r} is not a PostgreSQL URL "
+                "(postgresql://user:password@host:port/database)"
+            )
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Defaults, then environment variables, then ``overrides`` (flags given on the command line)."""
+        values: dict[str, object] = {}
+        if os.environ.get(BIND):
+            values["bind"] = tuple(e.strip() for e in os.environ[BIND].split(",") if e.strip())
+        if os.environ.get(DATABASE_URL):
+            values["dsn"] = os.environ[DATABASE_URL]
+        if os.environ.get(TRACKING_HOME):
+            values["data_dir"] = Path(os.environ[TRACKING_HOME])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        dsn = redact_dsn(self.dsn) if self.dsn else "embedded"
+        return f"Settings(bind={self.bind}, dsn={dsn!r}, data_dir='{self.data_dir}')"
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with its password replaced, for logs and errors."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

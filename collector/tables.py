@@ -1,0 +1,240 @@
+"""What each stored table holds and how two versions of one row merge.
+
+Rows arrive in pieces: a span's start and end, a node declared and later finished, a frame sent
+twice. Each column has one merge rule, and the same rule serves both places rows meet: in
+Python, when two pieces of a row are in one batch, and in SQL (``ON CONFLICT DO UPDATE``), when
+the row is already stored. Merging is idempotent, so a redelivered frame changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+Row = dict[str, Any]
+
+_RANK = {"pending": 0, "running": 1}  # any other status is final and ranks 2
+
+
+def _status_rank_sql(ref: str) -> str:
+    return f"(CASE {ref} WHEN 'pending' THEN 0 WHEN 'running' THEN 1 ELSE 2 END)"
+
+
+def _keep(old: Any, new: Any) -> Any:
+    return new if old is None else old
+
+
+def _latest(old: Any, new: Any) -> Any:
+    return old if new is None else new
+
+
+def _least(old: Any, new: Any) -> Any:
+    return new if old is None else old if new is None else min(old, new)
+
+
+def _greatest(old: Any, new: Any) -> Any:
+    return new if old is None else old if new is None else max(old, new)
+
+
+def _merge(old: Any, new: Any) -> Any:
+    return {**(old or {}), **(new or {})}
+
+
+def _status(old: Any, new: Any) -> Any:
+    if old is None:
+        return new
+    if new is None:
+        return old
+    return new if _RANK.get(new, 2) >= _RANK.get(old, 2) else old
+
+
+# rule name -> (python merge, SQL expression over the stored row ``t`` and ``EXCLUDED``)
+RULES: dict[str, tuple[Callable[[Any, Any], Any], str]] = {
+    "keep": (_keep, "COALESCE(t.{c}, EXCLUDED.{c})"),
+    "latest": (_latest, "COALESCE(EXCLUDED.{c}, t.{c})"),
+    "least": (_least, "LEAST(t.{c}, EXCLUDED.{c})"),
+    "greatest": (_greatest, "GREATEST(t.{c}, EXCLUDED.{c})"),
+    "merge": (_merge, "t.{c} || EXCLUDED.{c}"),
+    "status": (
+        _status,
+        f"CASE WHEN {_status_rank_sql('EXCLUDED.{c}')} >= {_status_rank_sql('t.{c}')} "
+        "THEN EXCLUDED.{c} ELSE t.{c} END",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # the staging type; jsonb is staged as text and cast on insert
+    rule: str = "key"
+    default: Any = None  # used when a merged row still has no value
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.rule == "key")
+
+    @property
+    def stage(self) -> str:
+        return f"stage_{self.name}"
+
+    def merge(self, old: Row, new: Row) -> Row:
+        return {c.name: RULES[c.rule][0](old.get(c.name), new.get(c.name)) if c.rule != "key"
+                else old[c.name] for c in self.columns}
+
+    def as_tuple(self, row: Row, order: int) -> tuple[Any, ...]:
+        """The row as staged for COPY: defaults filled, JSON encoded."""
+        values = []
+        for column in self.columns:
+            value = row.get(column.name)
+            if value is None:
+                value = column.default
+            elif column.type == "jsonb":
+                value = jsonb_text(value)
+            values.append(value)
+        return (*values, order)
+
+    def create_stage_sql(self) -> str:
+        cols = ", ".join(f'"{c.name}" {"text" if c.type == "jsonb" else c.type}'
+                         for c in self.columns)
+        return f"CREATE TEMP TABLE IF NOT EXISTS {self.stage} ({cols}, ord integer) ON COMMIT DELETE ROWS"
+
+    def upsert_sql(self) -> str:
+        names = ", ".join(f'"{c.name}"' for c in self.columns)
+        values = ", ".join(f'"{c.name}"::jsonb' if c.type == "jsonb" else f'"{c.name}"'
+                           for c in self.columns)
+        updates = ", ".join(
+            f'"{c.name}" = ' + RULES[c.rule][1].format(c=f'"{c.name}"')
+            for c in self.columns if c.rule != "key"
+        )
+        key = ", ".join(f'"{k}"' for k in self.key)
+        return (
+            f"INSERT INTO {self.name} AS t ({names}) SELECT {values} FROM {self.stage} ORDER BY ord "
+            f"ON CONFLICT ({key}) DO UPDATE SET {updates} RETURNING (xmax = 0) AS inserted"
+        )
+
+
+_EMPTY = "{}"
+
+
+def clean_text(value: str) -> str:
+    """Text PostgreSQL accepts: it cannot hold NUL."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def jsonb_text(value: Any) -> str:
+    """JSON text PostgreSQL's jsonb accepts: no NUL (not even escaped), no NaN, text keys."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError):
+        text = None
+    if text is None or "\\u0000" in text:
+        text = json.dumps(_jsonable(value), ensure_ascii=False, separators=(",", ":"))
+    return text
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {clean_text(str(k)): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return str(value)
+
+SESSIONS = Table("sessions", (
+    Column("id", "uuid"),
+    Column("name", "text", "latest"),
+    Column("status", "text", "latest", "active"),
+    Column("created_at", "timestamptz", "least"),
+    Column("meta", "jsonb", "merge", _EMPTY),
+))
+RUNS = Table("workflow_runs", (
+    Column("id", "uuid"),
+    Column("session_id", "uuid", "keep"),
+    Column("status", "text", "status", "running"),
+    Column("started_at", "timestamptz", "least"),
+    Column("completed_at", "timestamptz", "greatest"),
+    Column("task_description", "text", "keep"),
+    Column("error_message", "text", "latest"),
+    Column("meta", "jsonb", "merge", _EMPTY),
+))
+NODES = Table("dag_nodes", (
+    Column("run_id", "uuid"),
+    Column("id", "uuid"),
+    Column("session_id", "uuid", "keep"),
+    Column("parent_node_id", "uuid", "keep"),
+    Column("depth", "integer", "greatest", 0),
+    Column("node_type", "text", "keep", "node"),
+    Column("name", "text", "keep"),
+    Column("agent", "text", "keep"),
+    Column("status", "text", "status", "pending"),
+    Column("order_index", "integer", "keep", 0),
+    Column("started_at", "timestamptz", "least"),
+    Column("completed_at", "timestamptz", "greatest"),
+    Column("error_message", "text", "latest"),
+    Column("meta", "jsonb", "merge", _EMPTY),
+))
+EDGES = Table("dag_edges", (
+    Column("run_id", "uuid"),
+    Column("from_node_id", "uuid"),
+    Column("to_node_id", "uuid"),
+    Column("dependency_type", "text", "latest", "sequential"),
+    Column("condition", "text", "latest"),
+))
+EVENTS = Table("execution_events", (
+    Column("run_id", "uuid"),
+    Column("id", "uuid"),
+    Column("session_id", "uuid", "keep"),
+    Column("node_id", "uuid", "keep"),
+    Column("parent_event_id", "uuid", "keep"),
+    Column("event_type", "text", "keep"),
+    Column("event_subtype", "text", "latest"),
+    Column("agent_name", "text", "keep"),
+    Column("status", "text", "status", "completed"),
+    Column("timestamp", "timestamptz", "least"),
+    Column("started_at", "timestamptz", "least"),
+    Column("completed_at", "timestamptz", "greatest"),
+    Column("inputs", "jsonb", "keep"),
+    Column("outputs", "jsonb", "latest"),
+    Column("meta", "jsonb", "merge", _EMPTY),
+    Column("error_message", "text", "latest"),
+    Column("depth", "integer", "greatest", 0),
+))
+COSTS = Table("cost_records", (
+    Column("run_id", "uuid"),
+    Column("id", "uuid"),
+    Column("session_id", "uuid", "keep"),
+    Column("node_id", "uuid", "keep"),
+    Column("event_id", "uuid", "keep"),
+    Column("model", "text", "keep"),
+    Column("agent_name", "text", "keep"),
+    Column("prompt_tokens", "bigint", "keep"),
+    Column("completion_tokens", "bigint", "keep"),
+    Column("total_tokens", "bigint", "keep"),
+    Column("cost_usd", "float8", "keep"),
+    Column("timestamp", "timestamptz", "least"),
+))
+DROPS = Table("dropped_events", (
+    Column("run_id", "uuid"),
+    Column("sender", "text"),
+    Column("reason", "text"),
+    Column("count", "bigint", "greatest"),
+    Column("updated_at", "timestamptz", "greatest"),
+))
+
+#: In the order a batch writes them: what a row points at is written before it.
+WRITE_ORDER: tuple[Table, ...] = (SESSIONS, RUNS, NODES, EDGES, EVENTS, COSTS, DROPS)
