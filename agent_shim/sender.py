@@ -332,6 +332,15 @@ class Sender:
         header = {"host": self._host, "pid": os.getpid(), "drops": drops}
         return _Frame(self._seq, batch_id, encode_frame(batch_id, header, packed), runs)
 
+    def _spool_final_drop_counts(self) -> None:
+        """Drops after the last frame that reached the disk would go unreported: spool the
+        cumulative counts in one records-free frame (the collector keeps the greatest)."""
+        with self._lock:
+            dropped = bool(self._drops)
+        if dropped:
+            frame = self._pack()  # the queue is empty: a header with the counts, no records
+            self._spool.put(frame.seq, frame.data or b"", bounded=False)
+
     def _spill(self, frame: _Frame) -> bool:
         """Move a frame's bytes to disk; if the spool cannot take it, its events are dropped."""
         if frame.path is None:
@@ -364,6 +373,7 @@ class Sender:
             if frame.own:
                 self._spill(frame)
         self._in_flight.clear()
+        self._spool_final_drop_counts()
         self._delivered_all = not undelivered
         if undelivered:
             log.warning("%d frames were not acknowledged in time; they wait in %s",

@@ -35,11 +35,14 @@ class Spool:
         self._adopted_locks: dict[str, int] = {}
         self._size: int | None = None
 
-    def put(self, seq: int, frame: bytes) -> Path | None:
-        """Write a frame; ``None`` if the bound is reached or the disk refuses."""
+    def put(self, seq: int, frame: bytes, *, bounded: bool = True) -> Path | None:
+        """Write a frame; ``None`` if the bound is reached or the disk refuses.
+
+        ``bounded=False`` is for the last, records-free frame that carries the drop counts.
+        """
         try:
             size = self._current_size()
-            if size + len(frame) > self.max_bytes:
+            if bounded and size + len(frame) > self.max_bytes:
                 return None
             self._hold_own_lock()
             path = self.directory / f"{self.owner}-{seq:016x}.frame"

