@@ -137,6 +137,10 @@ def _parser() -> argparse.ArgumentParser:
     downgrade = commands.add_parser("downgrade", help="revert schema migrations")
     downgrade.add_argument("revision", nargs="?", default="base")
     downgrade.set_defaults(command=_downgrade)
+
+    from .queries import add_commands
+
+    add_commands(commands)
     return parser
 
 
