@@ -1,0 +1,218 @@
+"""One wrapper factory for every hooked AG2 method, sync or async.
+
+A wrapper asks its :class:`Hook` to :meth:`~Hook.open` a :class:`Call` (our code, inside a
+``try`` that never lets an error out), runs the user's method *outside* that ``try`` so its
+exceptions propagate unchanged, then closes the call. A hook whose own code fails is disabled,
+logged once, and from then on calls straight through.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..context import CURRENT, Scope
+from ..tracker import Span, Tracker
+from .propagation import AgentScopes, ToolCallOrigins
+
+log = logging.getLogger(__name__)
+
+Args = tuple[Any, ...]
+Kwargs = dict[str, Any]
+
+#: The innermost wrapped call (hook, id of its ``self``). A subclass override that calls
+#: ``super()`` reaches the base class's wrapper with the same key and is not recorded twice.
+INNERMOST: ContextVar[tuple[Hook, int] | None] = ContextVar("cmbagent_ag2_innermost", default=None)
+
+#: The innermost agent call: ``(agent, sender)``; tools and code executors read it.
+CALLER: ContextVar[tuple[Any, Any] | None] = ContextVar("cmbagent_ag2_caller", default=None)
+
+WRAPPED_ATTR = "__cmbagent_original__"
+
+
+@dataclass(slots=True)
+class Start:
+    """What an activity records when a call begins."""
+
+    agent_name: str | None = None
+    subtype: str | None = None
+    inputs: Any = None
+    meta: dict[str, Any] | None = None
+    #: Whose open agent-call span parents this call when no scope is current (a thread hop).
+    fallback_agent: Any = None
+    #: Set by agent calls only: this call is ``owner``'s reply to ``sender``.
+    owner: Any = None
+    sender: Any = None
+    #: Anything the activity wants back in ``end``.
+    state: Any = None
+
+
+@dataclass(slots=True)
+class End:
+    """What an activity records when a call ends."""
+
+    status: str = "completed"
+    outputs: Any = None
+    meta: dict[str, Any] | None = None
+    subtype: str | None = None
+    error: str | None = None
+    #: Keyword arguments for :meth:`Tracker.cost`, recorded against this span.
+    cost: dict[str, Any] | None = None
+
+
+class Activity:
+    """What one kind of AG2 call records; subclasses override ``begin`` and ``end``."""
+
+    event_type = ""
+    #: A point event (a message) is recorded at entry and never becomes a parent.
+    point = False
+
+    def begin(self, args: Args, kwargs: Kwargs) -> Start | None:
+        """Describe the call from its arguments (``args[0]`` is ``self``); ``None`` skips it."""
+        raise NotImplementedError
+
+    def end(self, result: Any, start: Start) -> End:
+        return End()
+
+    def fail(self, exc: BaseException, start: Start) -> End:
+        return End(status="failed", error=f"{type(exc).__name__}: {exc}")
+
+
+@dataclass
+class Runtime:
+    """State shared by all hooks of one installation."""
+
+    tracker: Tracker
+    agent_scopes: AgentScopes = field(default_factory=AgentScopes)
+    tool_origins: ToolCallOrigins = field(default_factory=ToolCallOrigins)
+    disabled: list[str] = field(default_factory=list)
+
+
+class Hook:
+    """One hooked method name (shared by the base class and every override of it)."""
+
+    def __init__(self, key: str, activity: Activity, runtime: Runtime) -> None:
+        self.key = key
+        self.activity = activity
+        self.runtime = runtime
+        self.enabled = True
+
+    def wrap(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        """A wrapper around ``original`` (an ``async def`` wrapper for a coroutine function)."""
+        hook = self
+        if inspect.iscoroutinefunction(original):
+
+            @functools.wraps(original)
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                call = hook.open(args, kwargs)
+                if call is None:
+                    return await original(*args, **kwargs)
+                try:
+                    result = await original(*args, **kwargs)
+                except BaseException as exc:
+                    call.close(None, exc)
+                    raise
+                call.close(result, None)
+                return result
+
+        else:
+
+            @functools.wraps(original)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                call = hook.open(args, kwargs)
+                if call is None:
+                    return original(*args, **kwargs)
+                try:
+                    result = original(*args, **kwargs)
+                except BaseException as exc:
+                    call.close(None, exc)
+                    raise
+                call.close(result, None)
+                return result
+
+        setattr(wrapper, WRAPPED_ATTR, original)
+        return wrapper
+
+    def open(self, args: Args, kwargs: Kwargs) -> Call | None:
+        """Start recording a call; ``None`` when it is not to be recorded. Never raises."""
+        if not self.enabled or not args:
+            return None
+        try:
+            guard = (self, id(args[0]))
+            if INNERMOST.get() == guard:
+                return None
+            start = self.activity.begin(args, kwargs)
+            return None if start is None else Call(self, start, guard)
+        except Exception as exc:
+            self.disable(exc)
+            return None
+
+    def disable(self, exc: BaseException) -> None:
+        """Stop recording through this hook after a failure of our own; logged once."""
+        if self.enabled:
+            self.enabled = False
+            self.runtime.disabled.append(self.key)
+            log.warning("cmbagent-tracking: AG2 hook %s disabled after an internal error",
+                        self.key, exc_info=exc)
+
+
+class Call:
+    """One recorded call between entry and exit."""
+
+    __slots__ = ("hook", "start", "span", "inner", "resets")
+
+    def __init__(self, hook: Hook, start: Start, guard: tuple[Hook, int]) -> None:
+        runtime = hook.runtime
+        activity = hook.activity
+        self.hook = hook
+        self.start = start
+        self.span: Span | None = None
+        self.inner: Scope | None = None
+        scope = CURRENT.get()
+        if scope is None and start.fallback_agent is not None:
+            scope = runtime.agent_scopes.latest(start.fallback_agent)
+        fields = {"subtype": start.subtype, "agent_name": start.agent_name,
+                  "inputs": start.inputs, "meta": start.meta, "scope": scope}
+        if activity.point:
+            runtime.tracker.event(activity.event_type, **fields)
+        else:
+            self.span = runtime.tracker.start_span(activity.event_type, **fields)
+            self.inner = self.span.inner
+        resets: list[tuple[ContextVar[Any], Token[Any]]] = [(INNERMOST, INNERMOST.set(guard))]
+        if self.inner is not None:
+            resets.append((CURRENT, CURRENT.set(self.inner)))
+            if start.owner is not None:
+                resets.append((CALLER, CALLER.set((start.owner, start.sender))))
+                runtime.agent_scopes.push(start.owner, self.inner)
+        self.resets = resets
+
+    def close(self, result: Any, exc: BaseException | None) -> None:
+        """End the call with its result or exception. Never raises."""
+        hook = self.hook
+        for var, token in reversed(self.resets):
+            try:
+                var.reset(token)
+            except (ValueError, RuntimeError):  # closed in another context: nothing to undo
+                pass
+        if self.span is None:
+            return
+        runtime = hook.runtime
+        try:
+            if self.start.owner is not None and self.inner is not None:
+                runtime.agent_scopes.pop(self.start.owner, self.inner)
+            activity = hook.activity
+            end = activity.fail(exc, self.start) if exc is not None else activity.end(result, self.start)
+        except Exception as err:
+            hook.disable(err)
+            end = End(status="failed" if exc is not None else "completed")  # never leave it open
+        try:
+            runtime.tracker.end_span(self.span, status=end.status, outputs=end.outputs,
+                                     error=end.error, meta=end.meta, subtype=end.subtype)
+            if end.cost is not None:
+                runtime.tracker.cost(**end.cost, event_id=self.span.id, scope=self.span.scope)
+        except Exception as err:
+            hook.disable(err)

@@ -1,0 +1,28 @@
+"""Fixtures for the AG2 capture tests: a recording tracker with the hooks installed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # scenarios.py and ag2_checks.py
+
+pytest.importorskip("autogen", reason="no AG2 distribution providing `autogen` is installed")
+
+from agent_shim import ag2  # noqa: E402
+from agent_shim.testing import RecordingSink, recording_tracker  # noqa: E402
+from agent_shim.tracker import Tracker  # noqa: E402
+
+
+@pytest.fixture
+def capture() -> Iterator[tuple[Tracker, RecordingSink]]:
+    """A recording tracker with the AG2 hooks installed for the test, removed afterwards."""
+    tracker, sink = recording_tracker()
+    assert ag2.install(tracker)
+    try:
+        yield tracker, sink
+    finally:
+        ag2.uninstall()
