@@ -58,8 +58,9 @@ def rows_from_records(records: list[Row]) -> tuple[list[Row], list[Row], list[st
 
 def check_capture(events: list[Row], costs: list[Row], *, counts: dict[str, int],
                   usage: dict[str, Any], secret: str, failed: dict[str, int] | None = None,
-                  terminations: int = 0) -> list[str]:
-    """Everything that must hold for one scenario's capture; returns the problems found."""
+                  terminations: int = 0, run: Any = None) -> list[str]:
+    """Everything that must hold for one scenario's capture (in ``run``, if given); returns
+    the problems found."""
     problems: list[str] = []
     got = Counter(e["type"] for e in events)
     want = {t: counts.get(t, 0) for t in EVENT_TYPES}
@@ -81,8 +82,8 @@ def check_capture(events: list[Row], costs: list[Row], *, counts: dict[str, int]
         elif by_id[parent]["type"] == "message":
             problems.append(f"{e['type']} of {e['agent']}: a message is never a parent")
     runs = {e["run"] for e in events}
-    if len(runs) > 1:
-        problems.append(f"events spread over {len(runs)} runs (a lost thread hop)")
+    if len(runs) > 1 or (run is not None and runs - {run}):
+        problems.append(f"events outside the scenario's run (a lost thread hop): {len(runs)} runs")
 
     failures = Counter(e["type"] for e in events if e["status"] == "failed")
     want_failed = {t: (failed or {}).get(t, 0) for t in EVENT_TYPES}

@@ -80,6 +80,8 @@ class ScriptedClient:
 
     def create(self, params: dict[str, Any]) -> SimpleNamespace:
         turn = self.script.popleft()
+        if isinstance(turn, BaseException):
+            raise turn
         offered = [t.get("function", {}).get("name", "") for t in params.get("tools") or []]
         tool_calls = None
         if isinstance(turn, list):
@@ -199,18 +201,22 @@ class Expected:
     failed: dict[str, int] = field(default_factory=dict)
     #: Speaker selections that ended the chat (a TerminateTarget).
     terminations: int = 0
+    #: How each speaker selection was decided, in order (``meta.decided_by``).
+    handoffs: list[str] = field(default_factory=list)
+    #: The agent that asked for each tool call, in order.
+    tool_askers: list[str] = field(default_factory=list)
     unconsumed: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
 
-def expect(usage: Usage, agents: list[Any], **counts: int) -> Expected:
+def expect(usage: Usage, agents: list[Any], handoffs: list[str] = (), tool_askers: list[str] = (),
+           terminations: int = 0, **counts: int) -> Expected:
     failed = {k[:-7]: counts.pop(k) for k in list(counts) if k.endswith("_failed")}
-    terminations = counts.pop("terminations", 0)
     full = {t: counts.get(t, 0) for t in EVENT_TYPES}
     left = len(SELECTOR) + sum(len(getattr(a, "script", ())) for a in agents)
-    return Expected(full, usage, failed, terminations, left)
+    return Expected(full, usage, failed, terminations, list(handoffs), list(tool_askers), left)
 
 
 @contextlib.contextmanager
@@ -286,7 +292,7 @@ def two_agent_tools() -> Expected:
     # human→assistant ×3 + assistant→human ×3 (tools, tools, text); the human's 4th reply is
     # None after its human input (""), which ends the chat.
     return expect(usage, [assistant], conversation=1, message=6, agent_call=6, llm_call=4,
-                  tool_call=3, tool_call_failed=1, human_input=1)
+                  tool_call=3, tool_call_failed=1, human_input=1, tool_askers=["assistant"] * 3)
 
 
 def async_parallel_tools() -> Expected:
@@ -303,7 +309,7 @@ def async_parallel_tools() -> Expected:
     # turn 1: user→assistant, assistant (LLM: tools)→user; turn 2: user (tools)→assistant,
     # assistant (LLM)→user.
     return expect(usage, [assistant], conversation=1, message=4, agent_call=3, llm_call=2,
-                  tool_call=2)
+                  tool_call=2, tool_askers=["assistant"] * 2)
 
 
 def _coder(script: list[str]) -> ScriptedAgent:
@@ -324,9 +330,11 @@ def code_executor() -> Expected:
 
 
 def legacy_code() -> Expected:
-    """S4: the legacy path (``code_execution_config`` with a work_dir): sh ok, python exit 3."""
+    """S4: the legacy path (``code_execution_config`` with a work_dir): exit 0, then exit 3.
+
+    (Python blocks: the fork's ``extract_code`` does not recognise ``sh`` fences.)"""
     with ledger() as usage, workdir() as tmp:
-        coder = _coder(["```sh\necho hello from sh\n```",
+        coder = _coder(["```python\nprint('hello from the legacy path')\n```",
                         "```python\nraise SystemExit(3)\n```",
                         "TERMINATE"])
         executor = user("executor", code_execution_config={"work_dir": tmp, "use_docker": False})
@@ -363,7 +371,8 @@ def classic_groupchat() -> Expected:
     # checking_agent (validates) = 1 conversation, 2 agent calls, 2 messages, 1 LLM call.
     # Group: user→manager + 4 speakers→manager = 5 messages; manager + 4 speakers = 5 agent calls.
     return expect(usage, [planner, coder, closer], conversation=1 + 4, message=5 + 4 * 2,
-                  agent_call=5 + 4 * 2, llm_call=3 + 4, code_exec=1, handoff=4)
+                  agent_call=5 + 4 * 2, llm_call=3 + 4, code_exec=1, handoff=4,
+                  handoffs=["auto"] * 4)
 
 
 def _handoff_team() -> tuple[DefaultPattern, list[ScriptedAgent]]:
@@ -408,7 +417,10 @@ def _handoff_expected(usage: Usage, team: list[ScriptedAgent]) -> Expected:
     # writer's first turn is its context condition, 3 tool executor turns) + the manager.
     # Messages: the starting message to the manager + 8 speaker turns.
     return expect(usage, team, conversation=1, message=9, agent_call=9, llm_call=4,
-                  tool_call=3, handoff=9, terminations=1)
+                  tool_call=3, handoff=9, terminations=1,
+                  handoffs=["initial", "tool_call", "on_condition", "tool_call", "reply_result",
+                            "on_context_condition", "tool_call", "reply_result", "after_work"],
+                  tool_askers=["triage", "researcher", "reviewer"])
 
 
 def handoffs() -> Expected:
@@ -472,7 +484,7 @@ def background_group_chat() -> Expected:
     # whose TERMINATE ends the chat. 2 selections; internal chat: 1 conversation, 2 agent
     # calls, 2 messages, 1 LLM call.
     return expect(usage, team, conversation=1 + 1, message=3 + 2, agent_call=3 + 2,
-                  llm_call=2 + 1, handoff=2)
+                  llm_call=2 + 1, handoff=2, handoffs=["initial", "group_after_work"])
 
 
 def async_background_group_chat() -> Expected:
@@ -527,7 +539,8 @@ def cmbagent_shape() -> Expected:
     # = 3, agent calls inner_manager + formatter + executor = 3. The inner manager's reply is
     # None (a group chat answers through its summary), so nothing is sent back.
     return expect(usage, team, conversation=1 + 1, message=4 + 3, agent_call=4 + 3,
-                  llm_call=2 + 1, code_exec=1, handoff=3 + 2)
+                  llm_call=2 + 1, code_exec=1, handoff=3 + 2,
+                  handoffs=["initial", "after_work", "round_robin", "round_robin", "after_work"])
 
 
 SCENARIOS: dict[str, Callable[[], Expected]] = {
