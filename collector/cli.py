@@ -106,6 +106,8 @@ def _command_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["bind"] = tuple(args.bind)
     if getattr(args, "no_migrate", False):
         overrides["migrate"] = False
+    if getattr(args, "metrics_bind", None):
+        overrides["metrics_bind"] = args.metrics_bind
     return overrides
 
 
@@ -128,6 +130,9 @@ def _parser() -> argparse.ArgumentParser:
                        "default tcp://127.0.0.1:5555)")
     serve.add_argument("--no-migrate", action="store_true",
                        help="do not apply migrations at start")
+    serve.add_argument("--metrics-bind", metavar="HOST:PORT",
+                       help="serve /livez, /readyz and /metrics over HTTP here "
+                       "(env CMBAGENT_METRICS_BIND; default: off)")
     serve.set_defaults(command=_serve)
 
     migrate = commands.add_parser("migrate", help="apply the schema migrations")

@@ -16,40 +16,22 @@ import asyncio
 import logging
 import signal
 import time
-from collections import Counter, deque
-from dataclasses import dataclass, field
+from collections import deque
 
 import zmq
 
 from agent_shim.wire import encode_ack
 
+from . import schema
+from .health import serve_health
+from .metrics import Metrics
 from .pipeline import Decoded, decode
 from .settings import Settings
-from .store import Store, WriteResult
+from .store import Store
 
 log = logging.getLogger(__name__)
 
 RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-
-
-@dataclass
-class Stats:
-    """What the daemon has done since it started (exported as metrics, logged at exit)."""
-
-    frames_received: int = 0
-    bytes_received: int = 0
-    batches_committed: int = 0
-    rows_inserted: Counter[str] = field(default_factory=Counter)
-    rows_merged: Counter[str] = field(default_factory=Counter)
-    quarantined: Counter[str] = field(default_factory=Counter)
-    database_errors: int = 0
-    paused: int = 0
-
-    def record(self, result: WriteResult) -> None:
-        self.batches_committed += 1
-        self.rows_inserted.update(result.inserted)
-        self.rows_merged.update(result.merged)
-        self.quarantined.update(result.quarantined)
 
 
 class Collector:
@@ -58,7 +40,8 @@ class Collector:
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
-        self.stats = Stats()
+        self.metrics = Metrics()
+        self._head_revision = schema.head_revision()
         self._pending: deque[tuple[bytes, bytes]] = deque()
         self._pending_bytes = 0
         self._reading = False
@@ -75,6 +58,9 @@ class Collector:
         if handle_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(signum, self.stop, signum)
+        health = None
+        if self.settings.metrics_bind:
+            health = await serve_health(self.settings.metrics_bind, self.metrics, self.readiness)
         self._resume_reading()
         log.info("collector listening on %s", ", ".join(self.settings.bind))
         try:
@@ -83,11 +69,26 @@ class Collector:
             self._pause_reading()
             self._socket.close(linger=1000)  # the last acks get a moment to leave
             self._context.term()
-            log.info(
-                "collector stopped: %d frames received, %d batches committed, rows stored %s, "
-                "quarantined %s, %d database errors", self.stats.frames_received,
-                self.stats.batches_committed, dict(self.stats.rows_inserted),
-                dict(self.stats.quarantined), self.stats.database_errors)
+            if health is not None:
+                health.close()
+            value = self.metrics.value
+            log.info("collector stopped: %d frames received, %d batches committed, "
+                     "%d events stored, %d inputs quarantined",
+                     value("cmbagent_frames_received_total"),
+                     value("cmbagent_batch_frames_count"),
+                     value("cmbagent_rows_stored_total", table="execution_events"),
+                     sum(s.value for m in self.metrics.quarantined.collect() for s in m.samples
+                         if s.name.endswith("_total")))
+
+    async def readiness(self) -> str | None:
+        """``None`` when the database answers and its schema is current, else what is wrong."""
+        try:
+            revision = await asyncio.wait_for(self.store.schema_revision(), 2.0)
+        except Exception as exc:
+            return f"database unreachable ({type(exc).__name__}: {exc})"
+        if revision != self._head_revision:
+            return f"schema at revision {revision}, this collector needs {self._head_revision}"
+        return None
 
     def stop(self, signum: int | None = None) -> None:
         """Stop reading; the write loop commits and acknowledges what is held, then returns."""
@@ -133,14 +134,18 @@ class Collector:
             identity, frame = parts[0], b"".join(parts[1:])
             self._pending.append((identity, frame))
             self._pending_bytes += len(frame)
-            self.stats.frames_received += 1
-            self.stats.bytes_received += len(frame)
+            self.metrics.received(frame)
             if self._pending_bytes >= self.settings.max_pending_bytes:
-                self.stats.paused += 1
+                self.metrics.reading_paused.inc()
                 log.warning("holding %d bytes: not reading until the database catches up",
                             self._pending_bytes)
                 self._pause_reading()
+        self._count_pending()
         self._arrived.set()
+
+    def _count_pending(self) -> None:
+        self.metrics.pending_frames.set(len(self._pending))
+        self.metrics.pending_bytes.set(self._pending_bytes)
 
     # --- writing --------------------------------------------------------------------------
 
@@ -167,8 +172,10 @@ class Collector:
             identity, frame = self._pending.popleft()
             self._pending_bytes -= len(frame)
             decoded = decode(identity, frame, max_bytes)
+            self.metrics.decoded(decoded)
             rows += len(decoded.rows)
             batch.append(decoded)
+        self._count_pending()
         return batch
 
     async def _commit(self, batch: list[Decoded]) -> None:
@@ -179,7 +186,7 @@ class Collector:
             try:
                 result = await self.store.write(batch)
             except Exception as exc:
-                self.stats.database_errors += 1
+                self.metrics.database_errors.labels(type(exc).__name__).inc()
                 delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
                 log.warning("cannot store a batch of %d frames (%s: %s); retrying in %.1fs",
                             len(batch), type(exc).__name__, exc, delay)
@@ -191,9 +198,9 @@ class Collector:
                         return
                 await asyncio.sleep(delay)
                 continue
-            self.stats.record(result)
-            log.debug("committed %d frames in %.1f ms", len(batch),
-                      (time.monotonic() - started) * 1000)
+            elapsed = time.monotonic() - started
+            self.metrics.committed(batch, result, elapsed, after_errors=attempt > 0)
+            log.debug("committed %d frames in %.1f ms", len(batch), elapsed * 1000)
             self._acknowledge(batch)
             return
 

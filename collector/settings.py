@@ -10,6 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 BIND = "CMBAGENT_COLLECTOR_BIND"
 DATABASE_URL = "CMBAGENT_DATABASE_URL"
 TRACKING_HOME = "CMBAGENT_TRACKING_HOME"
+METRICS_BIND = "CMBAGENT_METRICS_BIND"
 
 
 def default_data_dir() -> Path:
@@ -35,6 +36,7 @@ class Settings:
     max_pending_bytes: int = 256 * 1024 * 1024
     shutdown_timeout: float = 10.0
     pool_size: int = 4
+    metrics_bind: str | None = None  # HOST:PORT of /livez, /readyz, /metrics; off when unset
 
     def __post_init__(self) -> None:
         for endpoint in self.bind:
@@ -43,6 +45,8 @@ class Settings:
                     f"bind endpoint {endpoint!r} is not a ZeroMQ endpoint; "
                     "use tcp://HOST:PORT or ipc:///path"
                 )
+        if self.metrics_bind is not None and not self.metrics_bind.rpartition(":")[2].isdigit():
+            raise SettingsError(f"metrics endpoint {self.metrics_bind!r} is not HOST:PORT")
         if self.dsn is not None and urlsplit(self.dsn).scheme not in ("postgres", "postgresql"):
             raise SettingsError(
                 f"database URL {redact_dsn(self.dsn)!r} is not a PostgreSQL URL "
@@ -57,6 +61,8 @@ class Settings:
             values["bind"] = tuple(e.strip() for e in os.environ[BIND].split(",") if e.strip())
         if os.environ.get(DATABASE_URL):
             values["dsn"] = os.environ[DATABASE_URL]
+        if os.environ.get(METRICS_BIND):
+            values["metrics_bind"] = os.environ[METRICS_BIND]
         if os.environ.get(TRACKING_HOME):
             values["data_dir"] = Path(os.environ[TRACKING_HOME])
         values.update({k: v for k, v in overrides.items() if v is not None})

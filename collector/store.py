@@ -124,9 +124,12 @@ class Store:
         result.quarantined.update(q.reason for q in quarantined)
         return result
 
-    async def ping(self) -> None:
+    async def schema_revision(self) -> str | None:
+        """The alembic revision the database is at (``None`` before the first migration)."""
         async with self.pool.acquire() as connection:
-            await connection.fetchval("SELECT 1")
+            if await connection.fetchval("SELECT to_regclass('alembic_version')") is None:
+                return None
+            return await connection.fetchval("SELECT version_num FROM alembic_version")
 
 
 async def _prepare_connection(connection: asyncpg.Connection) -> None:
