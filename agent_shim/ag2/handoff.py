@@ -47,7 +47,9 @@ def decided_by(groupchat: Any, last_speaker: Any) -> str:
     if last.get("role") == "tool":
         return "tool_return"
     handoffs = getattr(last_speaker, "handoffs", None)
-    return "after_work" if getattr(handoffs, "after_works", None) else "group_after_work"
+    # ``after_works`` (a list of conditions) since 0.10; one ``after_work`` target before.
+    own = getattr(handoffs, "after_works", None) or getattr(handoffs, "after_work", None)
+    return "after_work" if own else "group_after_work"
 
 
 def _closure(function: Any, name: str) -> Any:

@@ -18,12 +18,14 @@ import pytest
 import scenarios
 from ag2_checks import check_capture, rows_from_records
 
+import agent_shim
 from agent_shim import ag2
 from agent_shim.ag2 import activities, propagation
 from agent_shim.testing import recording_tracker
 from agent_shim.tracker import DisabledTracker
 
-REPO = Path(__file__).resolve().parents[2]
+#: Where the agent_shim under test comes from (the source tree, or an installed copy).
+SHIM_PATH = Path(agent_shim.__file__).resolve().parents[1]
 
 
 def ag2_state() -> dict[tuple[str, str], Any]:
@@ -188,7 +190,7 @@ class TestContext:
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("CMBAGENT_")}
-    environ.update(PYTHONPATH=str(REPO), **env)
+    environ.update(PYTHONPATH=str(SHIM_PATH), **env)
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=environ,
                           capture_output=True, text=True, timeout=120)
 

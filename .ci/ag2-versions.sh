@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Runs the AG2 capture tests (tests/ag2) against each AG2 distribution the shim supports, each in
+# a fresh virtualenv: the repository's agent side (pyzmq + msgpack) + that distribution + the
+# test tools. Distributions clash (they all provide the module `autogen`), hence one venv each.
+#
+#   .ci/ag2-versions.sh            # the whole matrix, one after the other
+#   .ci/ag2-versions.sh fork       # only the entries whose label matches
+#
+# Environment: PYTHON (default python3), AG2_MATRIX_DIR (default: a temporary directory,
+# removed at exit; set it to keep and reuse the venvs). pip's cache is reused between runs.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python3}"
+# label|pip requirement(s); cmbagent_autogen imports IPython without declaring it.
+MATRIX=(
+  "ag2-latest-0.x|ag2>=0.14,<1.0"
+  "ag2-0.9|ag2>=0.9.10,<0.10"
+  "cmbagent_autogen|cmbagent_autogen ipython"
+)
+TEST_TOOLS=(pytest pytest-timeout hypothesis)
+
+if [[ -n "${AG2_MATRIX_DIR:-}" ]]; then
+  WORK="$AG2_MATRIX_DIR"; mkdir -p "$WORK"
+else
+  WORK="$(mktemp -d -t ag2-matrix.XXXXXX)"; trap 'rm -rf "$WORK"' EXIT
+fi
+
+# The repository is copied so that building it leaves no build/ or *.egg-info in the work tree.
+SRC="$WORK/src"
+rm -rf "$SRC" && mkdir -p "$SRC"
+tar -C "$REPO" --exclude=.git --exclude='.ci-venvs' --exclude='__pycache__' -cf - . | tar -C "$SRC" -xf -
+
+summary=()
+status=0
+for entry in "${MATRIX[@]}"; do
+  label="${entry%%|*}"
+  read -r -a requirements <<< "${entry#*|}"
+  if [[ $# -gt 0 && "$label" != *"$1"* ]]; then continue; fi
+  venv="$WORK/$label"
+  echo "=== $label: ${requirements[*]}"
+  if [[ ! -x "$venv/bin/python" ]]; then
+    "$PYTHON" -m venv "$venv"
+  fi
+  if ! "$venv/bin/pip" install --quiet --disable-pip-version-check "$SRC" "${requirements[@]}" \
+        "${TEST_TOOLS[@]}" > "$WORK/$label.pip.log" 2>&1; then
+    grep -v '^WARNING: Location' "$WORK/$label.pip.log" | tail -n 30
+    summary+=("$label: FAILED to install"); status=1; continue
+  fi
+  version="$("$venv/bin/python" -c 'import autogen; print(autogen.__version__)')"
+  echo "--- $label provides autogen $version"
+  # Run inside tests/ag2 so that the *installed* agent_shim is tested, not the source tree's
+  # (which is not on sys.path from there). --confcutdir keeps tests/conftest.py (collector
+  # fixtures, which need the collector's dependencies) out of this run.
+  log="$WORK/$label.log"
+  if (cd "$SRC/tests/ag2" && "$venv/bin/python" -m pytest . -q -p no:cacheprovider \
+        --rootdir "$SRC" --confcutdir . 2>&1 | tee "$log"); then
+    result="$(tail -n 1 "$log")"
+  else
+    result="FAILED: $(tail -n 1 "$log")"; status=1
+  fi
+  summary+=("$label (autogen $version): $result")
+done
+
+echo "=== AG2 matrix"
+printf '%s\n' "${summary[@]}"
+exit "$status"
