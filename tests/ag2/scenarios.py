@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
-import autogen
 from autogen import ConversableAgent, GroupChat, GroupChatManager, OpenAIWrapper, UserProxyAgent
 from autogen.agentchat import a_run_group_chat, initiate_group_chat, register_function, run_group_chat
 from autogen.agentchat.group import (AgentTarget, ContextExpression, ContextVariables,
@@ -38,10 +37,6 @@ SECRET = "sk-test-PLANTED-SECRET-0123456789"
 CLIENT_KEY = ("mod_client_cls" if "mod_client_cls"
               in inspect.signature(OpenAIWrapper.register_model_client).parameters
               else "model_client_cls")
-#: 0.9.x (and the fork) run an async group chat's tools through sync ``execute_function``.
-AG2_VERSION = tuple(int(p) for p in autogen.__version__.replace("post", ".").split(".")[:2]
-                    if p.isdigit())
-IS_FORK = CLIENT_KEY == "mod_client_cls"
 
 EVENT_TYPES = ("agent_call", "message", "tool_call", "code_exec", "handoff", "llm_call",
                "conversation", "human_input")
