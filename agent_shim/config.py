@@ -26,6 +26,10 @@ EXIT_TIMEOUT = "CMBAGENT_EXIT_TIMEOUT"
 """Seconds process exit waits for delivery before spooling the rest (default 2)."""
 ACK_TIMEOUT = "CMBAGENT_ACK_TIMEOUT"
 MAX_FIELD_CHARS = "CMBAGENT_MAX_FIELD_CHARS"
+CURVE_SERVER_KEY = "CMBAGENT_CURVE_SERVER_KEY"
+"""The collector's CurveZMQ public key (Z85); with it, the connection is encrypted and
+authenticated with this process's key pair from ``CMBAGENT_CURVE_SECRET_KEY_FILE``."""
+CURVE_SECRET_KEY_FILE = "CMBAGENT_CURVE_SECRET_KEY_FILE"
 REDACT_KEYS = "CMBAGENT_REDACT_KEYS"
 """Extra regular expression: payload keys whose values are replaced by ``[REDACTED]``."""
 REDACT_PATTERNS = "CMBAGENT_REDACT_PATTERNS"
@@ -56,6 +60,8 @@ class ShimSettings:
     max_field_chars: int = 32_768
     redact_keys: str | None = None
     redact_patterns: str | None = None
+    curve_server_key: str | None = None
+    curve_secret_key_file: Path | None = None
 
     @property
     def enabled(self) -> bool:
@@ -78,6 +84,9 @@ class ShimSettings:
             max_field_chars=_number(env, MAX_FIELD_CHARS, int, defaults.max_field_chars),
             redact_keys=env.get(REDACT_KEYS) or None,
             redact_patterns=env.get(REDACT_PATTERNS) or None,
+            curve_server_key=env.get(CURVE_SERVER_KEY) or None,
+            curve_secret_key_file=Path(env[CURVE_SECRET_KEY_FILE])
+            if env.get(CURVE_SECRET_KEY_FILE) else None,
         )
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
 from .config import ShimSettings
@@ -192,6 +193,8 @@ class Sender:
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        if self.settings.curve_server_key:
+            _use_curve(sock, self.settings.curve_server_key, self.settings.curve_secret_key_file)
         monitor = sock.get_monitor_socket(_MONITORED)
         for url in self.settings.collector_urls:
             sock.connect(url)
@@ -199,8 +202,8 @@ class Sender:
 
     def _poll_timeout_ms(self) -> int | None:
         now = time.monotonic()
-        if self._requests:
-            return 0
+        if any(request.upto is None for request in self._requests):
+            return 0  # a new flush: drain the queue now
         if self._queue:
             if len(self._in_flight) >= self.settings.window_frames:
                 return 50  # waiting for acks; wake now and then to spill to the spool
@@ -378,3 +381,17 @@ class Sender:
         if undelivered:
             log.warning("%d frames were not acknowledged in time; they wait in %s",
                         len(undelivered), self.settings.spool_dir)
+
+
+def _use_curve(sock: zmq.Socket[bytes], server_key: str, key_file: Path | None) -> None:
+    """Encrypt and authenticate with CurveZMQ; the collector accepts allow-listed keys only."""
+    if key_file is None:
+        raise ValueError("CMBAGENT_CURVE_SERVER_KEY is set but CMBAGENT_CURVE_SECRET_KEY_FILE is "
+                         "not: make a key pair with `cmbagent-collector keys DIR` and point the "
+                         "variable at its .key_secret file")
+    public, secret = zmq.auth.load_certificate(key_file)
+    if secret is None:
+        raise ValueError(f"{key_file} holds no secret key: use the .key_secret file")
+    sock.curve_serverkey = server_key.encode()
+    sock.curve_publickey = public
+    sock.curve_secretkey = secret

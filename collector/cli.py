@@ -8,6 +8,7 @@ import json
 import logging
 import logging.config
 import sys
+import uuid
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,6 +70,50 @@ def _downgrade(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _prune(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from . import prune
+
+    if not args.older_than and not args.run:
+        raise SystemExit("prune: say what to remove: --older-than AGE and/or --run ID")
+    try:
+        age = prune.parse_age(args.older_than) if args.older_than else None
+    except ValueError as exc:
+        raise SystemExit(f"prune: {exc}") from None
+    dsn, _server = database(settings)
+
+    async def run() -> None:
+        connection = await asyncpg.connect(dsn)
+        try:
+            runs = await prune.select_runs(connection, older_than=age, run_ids=args.run)
+            for candidate in runs:
+                print(f"{'would remove' if args.dry_run else 'removing'} run {candidate.run_id} "
+                      f"({candidate.status}, started {candidate.started_at}, "
+                      f"{candidate.events} events)")
+            if not args.dry_run:
+                removed = await prune.prune(connection, runs, args.batch_size)
+                print(f"removed {len(runs)} runs ({removed} rows)")
+            else:
+                print(f"dry run: {len(runs)} runs would be removed")
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+    return 0
+
+
+def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    import zmq.auth
+
+    args.directory.mkdir(parents=True, exist_ok=True)
+    public_file, secret_file = zmq.auth.create_certificates(args.directory, args.name)
+    Path(secret_file).chmod(0o600)
+    public = zmq.auth.load_certificate(public_file)[0].decode()
+    print(f"public key file: {public_file}\nsecret key file: {secret_file}\npublic key: {public}")
+    return 0
+
+
 def database(settings: Settings) -> tuple[str, Any]:
     """The configured DSN, or the embedded server's (started on demand) and its handle."""
     if settings.dsn:
@@ -106,8 +151,9 @@ def _command_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["bind"] = tuple(args.bind)
     if getattr(args, "no_migrate", False):
         overrides["migrate"] = False
-    if getattr(args, "metrics_bind", None):
-        overrides["metrics_bind"] = args.metrics_bind
+    for name in ("metrics_bind", "curve_secret_key_file", "curve_allow_dir"):
+        if getattr(args, name, None):
+            overrides[name] = getattr(args, name)
     return overrides
 
 
@@ -133,7 +179,29 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-bind", metavar="HOST:PORT",
                        help="serve /livez, /readyz and /metrics over HTTP here "
                        "(env CMBAGENT_METRICS_BIND; default: off)")
+    serve.add_argument("--curve-secret-key-file", type=Path, metavar="FILE",
+                       help="turn on CurveZMQ with this key pair (env "
+                       "CMBAGENT_CURVE_SECRET_KEY_FILE); needs --curve-allow-dir")
+    serve.add_argument("--curve-allow-dir", type=Path, metavar="DIR",
+                       help="accept only clients whose public key file is in DIR "
+                       "(env CMBAGENT_CURVE_ALLOW_DIR)")
     serve.set_defaults(command=_serve)
+
+    prune = commands.add_parser("prune", help="remove runs with their nodes, events and costs")
+    prune.add_argument("--older-than", metavar="AGE",
+                       help="runs that ended (or, if running, started) more than AGE ago: 30d, 12h")
+    prune.add_argument("--run", action="append", type=uuid.UUID, metavar="ID",
+                       help="a run to remove, repeatable")
+    prune.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
+    prune.add_argument("--batch-size", type=int, default=5000,
+                       help="rows deleted per transaction (default 5000)")
+    prune.set_defaults(command=_prune)
+
+    keys = commands.add_parser("keys", help="make a CurveZMQ key pair (for the collector or an agent)")
+    keys.add_argument("directory", type=Path)
+    keys.add_argument("--name", default="collector",
+                      help="file name stem: NAME.key (public) and NAME.key_secret")
+    keys.set_defaults(command=_keys)
 
     migrate = commands.add_parser("migrate", help="apply the schema migrations")
     migrate.add_argument("revision", nargs="?", default="head")

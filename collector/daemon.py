@@ -17,8 +17,10 @@ import logging
 import signal
 import time
 from collections import deque
+from typing import Any
 
 import zmq
+import zmq.auth
 
 from agent_shim.wire import encode_ack
 
@@ -49,6 +51,7 @@ class Collector:
         self._context = zmq.Context()
         self._socket: zmq.Socket[bytes] = self._context.socket(zmq.ROUTER)
         self._arrived = asyncio.Event()
+        self._authenticator: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def serve(self, *, handle_signals: bool = True) -> None:
@@ -68,6 +71,8 @@ class Collector:
         finally:
             self._pause_reading()
             self._socket.close(linger=1000)  # the last acks get a moment to leave
+            if self._authenticator is not None:
+                self._authenticator.stop()
             self._context.term()
             if health is not None:
                 health.close()
@@ -109,8 +114,28 @@ class Collector:
         # over it still arrive, and are quarantined with their reason.
         sock.setsockopt(zmq.MAXMSGSIZE, 4 * self.settings.max_frame_bytes)
         sock.setsockopt(zmq.RCVHWM, 1000)
+        if self.settings.curve_secret_key_file is not None:
+            self._authenticate(sock)
         for endpoint in self.settings.bind:
             sock.bind(endpoint)
+
+    def _authenticate(self, sock: zmq.Socket[bytes]) -> None:
+        """CurveZMQ: encrypted, and only clients whose public key is allow-listed get in."""
+        from zmq.auth.thread import ThreadAuthenticator
+
+        settings = self.settings
+        assert settings.curve_secret_key_file is not None and settings.curve_allow_dir is not None
+        public, secret = zmq.auth.load_certificate(settings.curve_secret_key_file)
+        if secret is None:
+            raise SystemExit(f"{settings.curve_secret_key_file} holds no secret key: "
+                             "use the .key_secret file that `cmbagent-collector keys` made")
+        self._authenticator = ThreadAuthenticator(self._context)
+        self._authenticator.start()
+        self._authenticator.configure_curve(domain="*", location=str(settings.curve_allow_dir))
+        sock.curve_server = True
+        sock.curve_publickey = public
+        sock.curve_secretkey = secret
+        log.info("CurveZMQ on: accepting the client keys in %s", settings.curve_allow_dir)
 
     def _resume_reading(self) -> None:
         if not self._reading and not self._stopping:

@@ -11,6 +11,8 @@ BIND = "CMBAGENT_COLLECTOR_BIND"
 DATABASE_URL = "CMBAGENT_DATABASE_URL"
 TRACKING_HOME = "CMBAGENT_TRACKING_HOME"
 METRICS_BIND = "CMBAGENT_METRICS_BIND"
+CURVE_SECRET_KEY_FILE = "CMBAGENT_CURVE_SECRET_KEY_FILE"
+CURVE_ALLOW_DIR = "CMBAGENT_CURVE_ALLOW_DIR"
 
 
 def default_data_dir() -> Path:
@@ -37,6 +39,8 @@ class Settings:
     shutdown_timeout: float = 10.0
     pool_size: int = 4
     metrics_bind: str | None = None  # HOST:PORT of /livez, /readyz, /metrics; off when unset
+    curve_secret_key_file: Path | None = None  # CurveZMQ on: this collector's key pair
+    curve_allow_dir: Path | None = None  # the public keys of the clients it accepts
 
     def __post_init__(self) -> None:
         for endpoint in self.bind:
@@ -45,6 +49,11 @@ class Settings:
                     f"bind endpoint {endpoint!r} is not a ZeroMQ endpoint; "
                     "use tcp://HOST:PORT or ipc:///path"
                 )
+        if (self.curve_secret_key_file is None) != (self.curve_allow_dir is None):
+            raise SettingsError(
+                "CurveZMQ needs both the collector's key file (--curve-secret-key-file) and a "
+                "directory of allowed client keys (--curve-allow-dir); "
+                "make keys with `cmbagent-collector keys DIR`")
         if self.metrics_bind is not None and not self.metrics_bind.rpartition(":")[2].isdigit():
             raise SettingsError(f"metrics endpoint {self.metrics_bind!r} is not HOST:PORT")
         if self.dsn is not None and urlsplit(self.dsn).scheme not in ("postgres", "postgresql"):
@@ -63,6 +72,10 @@ class Settings:
             values["dsn"] = os.environ[DATABASE_URL]
         if os.environ.get(METRICS_BIND):
             values["metrics_bind"] = os.environ[METRICS_BIND]
+        for name, variable in (("curve_secret_key_file", CURVE_SECRET_KEY_FILE),
+                               ("curve_allow_dir", CURVE_ALLOW_DIR)):
+            if os.environ.get(variable):
+                values[name] = Path(os.environ[variable])
         if os.environ.get(TRACKING_HOME):
             values["data_dir"] = Path(os.environ[TRACKING_HOME])
         values.update({k: v for k, v in overrides.items() if v is not None})
