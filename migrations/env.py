@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 
+import asyncpg
+
 from alembic import context
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
@@ -18,12 +20,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 MIGRATION_LOCK = 0x636D6261  # "cmba"
 
 
-def _url() -> str:
+def _dsn() -> str:
     dsn = context.config.attributes.get("dsn") or os.environ.get("CMBAGENT_DATABASE_URL", "")
     if not dsn:
         raise SystemExit("no database: pass --dsn or set CMBAGENT_DATABASE_URL")
-    scheme, _, rest = dsn.partition("://")
-    return f"postgresql+asyncpg://{rest}" if scheme in ("postgres", "postgresql") else dsn
+    return dsn
 
 
 def _migrate(connection: Connection) -> None:
@@ -36,7 +37,9 @@ def _migrate(connection: Connection) -> None:
 
 
 async def _run() -> None:
-    engine = create_async_engine(_url())
+    dsn = _dsn()
+    # asyncpg reads the DSN itself, exactly as the collector's pool does (sslmode, host=...).
+    engine = create_async_engine("postgresql+asyncpg://", async_creator=lambda: asyncpg.connect(dsn))
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_migrate)
