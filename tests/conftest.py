@@ -3,17 +3,15 @@ database per test cloned from a migrated template, and collector processes."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from collector import schema
 
-from .support import CollectorProcess, new_name
+from .support import CollectorProcess, execute, new_name
 
 MACHINE_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -24,19 +22,10 @@ def _machine_postgres_answers() -> bool:
         if s.connect_ex(("127.0.0.1", 5432)) != 0:
             return False
     try:
-        asyncio.run(_admin(MACHINE_POSTGRES, "SELECT 1"))
+        execute(MACHINE_POSTGRES, "SELECT 1")
     except Exception:
         return False
     return True
-
-
-async def _admin(dsn: str, *statements: str) -> None:
-    connection = await asyncpg.connect(dsn)
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-    finally:
-        await connection.close()
 
 
 def _with_database(dsn: str, name: str) -> str:
@@ -61,27 +50,27 @@ def postgres_admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def template_database(postgres_admin: str) -> Iterator[str]:
     """A migrated database that each test's database is cloned from."""
     name = new_name("cmbtest_template")
-    asyncio.run(_admin(postgres_admin, f"CREATE DATABASE {name}"))
+    execute(postgres_admin, f"CREATE DATABASE {name}")
     schema.upgrade(_with_database(postgres_admin, name))
     yield name
-    asyncio.run(_admin(postgres_admin, f"DROP DATABASE {name} WITH (FORCE)"))
+    execute(postgres_admin, f"DROP DATABASE {name} WITH (FORCE)")
 
 
 @pytest.fixture
 def database(postgres_admin: str, template_database: str) -> Iterator[str]:
     """A fresh, migrated database of this test's own; its DSN."""
     name = new_name("cmbtest")
-    asyncio.run(_admin(postgres_admin, f"CREATE DATABASE {name} TEMPLATE {template_database}"))
+    execute(postgres_admin, f"CREATE DATABASE {name} TEMPLATE {template_database}")
     yield _with_database(postgres_admin, name)
-    asyncio.run(_admin(postgres_admin, f"DROP DATABASE {name} WITH (FORCE)"))
+    execute(postgres_admin, f"DROP DATABASE {name} WITH (FORCE)")
 
 
 @pytest.fixture
 def empty_database(postgres_admin: str) -> Iterator[str]:
     name = new_name("cmbtest_empty")
-    asyncio.run(_admin(postgres_admin, f"CREATE DATABASE {name}"))
+    execute(postgres_admin, f"CREATE DATABASE {name}")
     yield _with_database(postgres_admin, name)
-    asyncio.run(_admin(postgres_admin, f"DROP DATABASE {name} WITH (FORCE)"))
+    execute(postgres_admin, f"DROP DATABASE {name} WITH (FORCE)")
 
 
 @pytest.fixture

@@ -41,6 +41,19 @@ def fetchval(dsn: str, sql: str, *args: Any) -> Any:
     return fetch(dsn, sql, *args)[0][0]
 
 
+def execute(dsn: str, *statements: str) -> None:
+    """Run statements one by one (each in its own transaction, as CREATE DATABASE needs)."""
+    async def run() -> None:
+        connection = await asyncpg.connect(dsn)
+        try:
+            for statement in statements:
+                await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+
+
 def wait_for(condition: Any, timeout: float = 20.0, interval: float = 0.05) -> Any:
     """Poll until ``condition()`` is truthy; its last value, or an AssertionError on timeout."""
     deadline = time.monotonic() + timeout

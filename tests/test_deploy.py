@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import shutil
@@ -32,7 +31,7 @@ import yaml  # PyYAML: a dependency of ag2, so of the test extra
 
 from collector import schema
 
-from .support import CollectorProcess, fetchval, free_port
+from .support import CollectorProcess, execute, fetchval, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -274,15 +273,6 @@ def dsn_for(admin: str, user: str, password: str, database: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}", path=f"/{database}"))
 
 
-async def _run(dsn: str, *statements: str) -> None:
-    connection = await asyncpg.connect(dsn)
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
 def test_least_privilege_roles_run_the_collector(postgres_admin: str, tmp_path: Path) -> None:
     suffix = uuid.uuid4().hex[:10]
     names = {"cmbagent_owner": f"cmbtest_owner_{suffix}",
@@ -293,10 +283,10 @@ def test_least_privilege_roles_run_the_collector(postgres_admin: str, tmp_path: 
     admin_db = dsn_for(postgres_admin, *_credentials(postgres_admin), database)
     collector = None
     try:
-        asyncio.run(_run(postgres_admin, *cluster,
+        execute(postgres_admin, *cluster,
                          f"ALTER ROLE {owner} PASSWORD 'owner-pw'",
-                         f"ALTER ROLE {collector_role} PASSWORD 'collector-pw'"))
-        asyncio.run(_run(admin_db, *in_database))
+                         f"ALTER ROLE {collector_role} PASSWORD 'collector-pw'")
+        execute(admin_db, *in_database)
         owner_dsn = dsn_for(postgres_admin, owner, "owner-pw", database)
         collector_dsn = dsn_for(postgres_admin, collector_role, "collector-pw", database)
 
@@ -318,12 +308,12 @@ def test_least_privilege_roles_run_the_collector(postgres_admin: str, tmp_path: 
                           "ALTER TABLE sessions ADD COLUMN x int", "TRUNCATE execution_events"]:
             with pytest.raises((asyncpg.InsufficientPrivilegeError,
                                 asyncpg.InvalidSchemaNameError)):
-                asyncio.run(_run(collector_dsn, statement))
+                execute(collector_dsn, statement)
     finally:
         if collector is not None and collector.alive():
             collector.kill()
-        asyncio.run(_run(postgres_admin, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)",
-                         f"DROP ROLE IF EXISTS {collector_role}", f"DROP ROLE IF EXISTS {owner}"))
+        execute(postgres_admin, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)",
+                         f"DROP ROLE IF EXISTS {collector_role}", f"DROP ROLE IF EXISTS {owner}")
 
 
 def _credentials(dsn: str) -> tuple[str, str]:
