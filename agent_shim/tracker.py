@@ -17,6 +17,7 @@ from .config import ShimSettings
 from .context import CURRENT, Scope
 from .payload import snapshot
 from .wire import new_id, now_us
+from .workflow import DISABLED_RUN, DisabledRun, node_for_agent
 
 if TYPE_CHECKING:
     from .workflow import RunScope
@@ -110,6 +111,8 @@ class Tracker:
     ) -> bytes:
         """Record one point event in the current run/node; returns its id."""
         scope = scope or self.scope()
+        if agent_name is not None and scope.node is not None:  # inside a phase or step?
+            scope = node_for_agent(scope, agent_name)
         event_id = new_id()
         self._submit(
             {"k": "event", "p": "point", "id": event_id, "run": scope.run,
@@ -132,6 +135,8 @@ class Tracker:
     ) -> Span:
         """Open a span (recorded at once as ``running``); the caller must :meth:`end_span` it."""
         scope = scope or self.scope()
+        if agent_name is not None and scope.node is not None:  # inside a phase or step?
+            scope = node_for_agent(scope, agent_name)
         span = Span(new_id(), scope, event_type, agent_name)
         self._submit(
             {"k": "event", "p": "start", "id": span.id, "run": scope.run,
@@ -179,6 +184,8 @@ class Tracker:
     ) -> None:
         """Record one LLM call's usage into ``cost_records``."""
         scope = scope or self.scope()
+        if agent_name is not None and scope.node is not None:  # inside a phase or step?
+            scope = node_for_agent(scope, agent_name)
         self._submit(
             {"k": "cost", "p": "point", "id": new_id(), "run": scope.run,
              "session": scope.session, "node": scope.node, "event": event_id, "model": model,
@@ -295,8 +302,8 @@ class DisabledTracker:
     def record(self, record: Record) -> None:
         return None
 
-    def run(self, task: str | None = None, **meta: Any) -> _Nothing:
-        return _NOTHING
+    def run(self, task: str | None = None, **meta: Any) -> DisabledRun:
+        return DISABLED_RUN
 
     def flush(self, timeout: float = 10.0) -> bool:
         return True

@@ -1,0 +1,334 @@
+"""CMBAgent's ``WorkflowCallbacks``, recorded into the workflow model (``agent_shim.workflow``).
+
+::
+
+    from cmbagent.callbacks import merge_callbacks
+    from agent_shim.cmbagent import tracking_callbacks
+
+    tracking = tracking_callbacks(max_redos=2)
+    callbacks = merge_callbacks(websocket_callbacks, tracking)
+    ...
+    tracking.create_redo_branch(step_number=3, redo_number=1, hypothesis=feedback)
+
+The adapter has every callback of ``WorkflowCallbacks`` under its name and signature (``StepInfo``
+and ``PlanInfo`` are read by attribute, so CMBAgent's classes or any look-alike will do), so
+``merge_callbacks`` accepts it, and so does ``WorkflowCallbacks(**tracking.callbacks())``.
+
+Where things go:
+
+- ``on_phase_change`` opens a phase node when the phase name changes (CMBAgent repeats the
+  current phase before each step: that changes nothing); ``on_step_start`` opens the step's node
+  and makes it current, so the AG2 activity of the fresh ``CMBAgent()`` built for the step lands
+  under it; ``on_step_complete`` / ``on_step_failed`` close it.
+- ``create_redo_branch`` records the branch point and opens the retry's node, which becomes the
+  step's current node; past ``max_redos`` it records the refusal and raises
+  :class:`~agent_shim.workflow.MaxRedosExceeded`.
+- ``on_agent_message``, ``on_code_execution``, ``on_tool_call``, ``on_cost_update``,
+  ``on_progress``, ``on_agent_start`` and ``on_agent_complete`` become ``callback`` events (the
+  subtype is the callback's name without ``on_``). CMBAgent sends these after the fact, from the
+  chat history, so they are kept apart from the captured AG2 events (``message``, ``code_exec``,
+  ...), and its cost summary is not written to ``cost_records``: each LLM call already is.
+- The run: the one current when the first callback comes (``tracker.run`` or, without one, the
+  process's implicit run); ``on_workflow_start`` opens a run of its own when none is current,
+  and ``on_workflow_complete`` / ``on_workflow_failed`` end it.
+
+Callbacks never raise into CMBAgent (an internal error is logged); ``create_redo_branch`` does,
+on purpose, when a redo is refused or the step never ran.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from .context import CURRENT, Scope
+from .workflow import (WORKFLOW, Graph, MaxRedosExceeded, Node, RunScope, WorkflowError,
+                       check_redo_allowed, graph_for)
+
+__all__ = ["tracking_callbacks", "CMBAgentTracking", "CALLBACKS", "MaxRedosExceeded",
+           "WorkflowError"]
+
+log = logging.getLogger(__name__)
+
+CALLBACK = "callback"
+"""``event_type`` of what CMBAgent's reporting callbacks tell."""
+
+#: Every field of CMBAgent's ``WorkflowCallbacks``.
+CALLBACKS = (
+    "on_planning_start", "on_planning_complete", "on_step_start", "on_step_complete",
+    "on_step_failed", "on_workflow_start", "on_workflow_complete", "on_workflow_failed",
+    "on_progress", "on_agent_start", "on_agent_complete", "should_continue", "on_pause_check",
+    "on_cost_update", "on_agent_message", "on_code_execution", "on_tool_call",
+    "on_phase_change",
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _never_raises(method: F) -> F:
+    """A callback: a no-op with capture off, and an internal error is logged, not raised."""
+
+    @functools.wraps(method)
+    def wrapper(self: CMBAgentTracking, *args: Any, **kwargs: Any) -> Any:
+        if not self.tracker.enabled:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except Exception:
+            log.warning("cmbagent-tracking: %s could not be recorded", method.__name__,
+                        exc_info=True)
+            return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def tracking_callbacks(tracker: Any = None, max_redos: int = 2) -> CMBAgentTracking:
+    """The CMBAgent adapter, recording into ``tracker`` (default: ``agent_shim.activate()``)."""
+    if tracker is None:
+        from . import activate
+
+        tracker = activate()
+    if isinstance(max_redos, bool) or not isinstance(max_redos, int) or max_redos < 0:
+        raise ValueError(f"max_redos must be a non-negative integer, not {max_redos!r}")
+    return CMBAgentTracking(tracker, max_redos)
+
+
+def _status(info: Any) -> str | None:
+    """``StepInfo.status`` as text (CMBAgent's ``StepStatus`` enum or a string)."""
+    status = getattr(info, "status", None)
+    return getattr(status, "value", status)
+
+
+class CMBAgentTracking:
+    """One CMBAgent workflow's callbacks (see the module docstring)."""
+
+    def __init__(self, tracker: Any, max_redos: int = 2) -> None:
+        self.tracker = tracker
+        self.max_redos = max_redos
+        self._graph: Graph | None = None
+        self._run: RunScope | None = None  # opened by on_workflow_start, ended by us
+        self._outer: Scope | None = None  # the scope current before the workflow began
+        self._phase: Node | None = None
+        self._step: Node | None = None
+        self._run_id: uuid.UUID | None = None
+
+    @property
+    def run_id(self) -> uuid.UUID | None:
+        """The run the workflow is (or was last) recorded in; ``None`` before any callback."""
+        return self._run_id
+
+    def callbacks(self) -> dict[str, Callable[..., Any]]:
+        """The callbacks by name: ``WorkflowCallbacks(**tracking.callbacks())``."""
+        return {name: getattr(self, name) for name in CALLBACKS}
+
+    # --- the workflow's structure ------------------------------------------------------------
+
+    @_never_raises
+    def on_workflow_start(self, task: str, config: dict[str, Any]) -> None:
+        if self._graph is None and CURRENT.get() is None:
+            self._run = self.tracker.run(task, config=config)
+            self._run.__enter__()
+            self._bind(self._run.graph)
+        self._event("workflow_start", inputs={"task": task}, meta={"config": config})
+
+    @_never_raises
+    def on_phase_change(self, phase: str, step_number: int | None) -> None:
+        if self._phase is not None and self._phase.name == phase:
+            return
+        self._end_step("completed")
+        if self._phase is not None:
+            self._phase.close("completed")
+        self._phase = self._workflow().phase(phase)
+        self._activate()
+
+    @_never_raises
+    def on_planning_start(self, task: str, config: dict[str, Any]) -> None:
+        if self._phase is None or self._phase.name != "planning":
+            self.on_phase_change("planning", None)
+        self._event("planning_start", inputs={"task": task}, meta={"config": config})
+
+    @_never_raises
+    def on_planning_complete(self, plan_info: Any) -> None:
+        num_steps = getattr(plan_info, "num_steps", None)
+        planning_time = getattr(plan_info, "planning_time", None)
+        self._event("plan", outputs={"steps": getattr(plan_info, "steps", None),
+                                     "plan_text": getattr(plan_info, "plan_text", None)},
+                    meta={"num_steps": num_steps, "planning_time": planning_time})
+        if self._phase is not None and self._phase.name == "planning":
+            self._phase.close("completed", num_steps=num_steps, planning_time=planning_time)
+            self._phase = None
+            self._activate()
+
+    @_never_raises
+    def on_step_start(self, step_info: Any) -> None:
+        number = step_info.step_number
+        if self._step is not None and self._step.number == number and not self._step.closed:
+            return
+        self._end_step("completed")
+        self._step = self._workflow().step(
+            number, getattr(step_info, "goal", None),
+            description=getattr(step_info, "description", None))
+        self._activate()
+
+    @_never_raises
+    def on_step_complete(self, step_info: Any) -> None:
+        if _status(step_info) == "skipped":
+            self._skip(step_info)
+            return
+        self._node_of(step_info).close(
+            "completed", summary=getattr(step_info, "summary", None),
+            execution_time=getattr(step_info, "execution_time", None),
+            result=getattr(step_info, "result", None))
+        self._activate()
+
+    @_never_raises
+    def on_step_failed(self, step_info: Any) -> None:
+        if _status(step_info) == "skipped":
+            self._skip(step_info)
+            return
+        self._node_of(step_info).close("failed", error=getattr(step_info, "error", None))
+        self._activate()
+
+    def skip_step(self, step_number: int, goal: str | None = None,
+                  reason: str | None = None) -> None:
+        """Record a step the workflow skips (CMBAgent's HITL skip has no callback)."""
+        if self.tracker.enabled:
+            self._workflow().skip(step_number, goal, reason)
+            self._activate()
+
+    def create_redo_branch(self, step_number: int, redo_number: int,
+                           hypothesis: str | None) -> str | None:
+        """Record redo ``redo_number`` of step ``step_number`` and open the retry's node.
+
+        Returns the retry node's id (``None`` with capture off). Raises
+        :class:`~agent_shim.workflow.MaxRedosExceeded` past ``max_redos`` (the refusal and the
+        forced acceptance are recorded), and :class:`~agent_shim.workflow.WorkflowError` for a
+        step that never started or a redo number out of sequence.
+        """
+        if not self.tracker.enabled:
+            check_redo_allowed(step_number, redo_number, self.max_redos)
+            return None
+        self._step = self._workflow().redo(step_number, hypothesis, redo_number=redo_number,
+                                           max_redos=self.max_redos)
+        self._activate()
+        return str(self._step.uuid)
+
+    @_never_raises
+    def on_workflow_complete(self, final_context: dict[str, Any], total_time: float) -> None:
+        self._event("workflow_complete", meta={"total_time": total_time,
+                                               "final_context": final_context})
+        self._finish("completed", None)
+
+    @_never_raises
+    def on_workflow_failed(self, error: str, step_number: int | None) -> None:
+        self._event("workflow_failed", status="failed", error=error,
+                    meta={"step": step_number})
+        self._finish("failed", error)
+
+    # --- what CMBAgent reports ---------------------------------------------------------------
+
+    @_never_raises
+    def on_agent_message(self, agent: str, role: str, content: str,
+                         metadata: dict[str, Any]) -> None:
+        self._report("agent_message", agent, inputs={"role": role, "content": content},
+                     meta=metadata)
+
+    @_never_raises
+    def on_code_execution(self, agent: str, code: str, language: str,
+                          result: str | None) -> None:
+        self._report("code_execution", agent, inputs={"code": code, "language": language},
+                     outputs={"result": result})
+
+    @_never_raises
+    def on_tool_call(self, agent: str, tool_name: str, arguments: dict[str, Any],
+                     result: Any) -> None:
+        self._report("tool_call", agent, inputs={"tool_name": tool_name, "arguments": arguments},
+                     outputs={"result": result})
+
+    @_never_raises
+    def on_cost_update(self, cost_data: dict[str, Any]) -> None:
+        self._report("cost_update", None, meta=cost_data)
+
+    @_never_raises
+    def on_progress(self, message: str, data: dict[str, Any]) -> None:
+        self._report("progress", None, inputs={"message": message}, meta=data)
+
+    @_never_raises
+    def on_agent_start(self, agent: str, step_number: int) -> None:
+        self._report("agent_start", agent, meta={"step": step_number})
+
+    @_never_raises
+    def on_agent_complete(self, agent: str, step_number: int, data: dict[str, Any]) -> None:
+        self._report("agent_complete", agent, outputs=data, meta={"step": step_number})
+
+    def should_continue(self) -> bool:
+        """Tracking never pauses or stops a workflow."""
+        return True
+
+    def on_pause_check(self) -> None:
+        return None
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _workflow(self) -> Graph:
+        if self._graph is None:
+            self._outer = CURRENT.get()
+            self._bind(graph_for(self.tracker, self.tracker.scope()))
+        assert self._graph is not None
+        return self._graph
+
+    def _bind(self, graph: Graph | None) -> None:
+        self._graph = graph
+        if graph is not None:
+            self._run_id = uuid.UUID(bytes=graph.base.run)
+
+    def _scope(self) -> Scope:
+        """Where the workflow is now: the open step, else the open phase, else the run."""
+        for node in (self._step, self._phase):
+            if node is not None and not node.closed:
+                return node.scope
+        return self._outer or self._workflow().base
+
+    def _activate(self) -> None:
+        # Callbacks run on the workflow's own thread, just before and after the agents they
+        # describe, so the AG2 activity in between sees this scope.
+        CURRENT.set(self._scope())
+
+    def _node_of(self, step_info: Any) -> Node:
+        number = step_info.step_number
+        node = self._workflow().steps.get(number)
+        if node is None:  # completed or failed without a start: record both ends now
+            node = self._workflow().step(number, getattr(step_info, "goal", None))
+        return node
+
+    def _skip(self, step_info: Any) -> None:
+        self.skip_step(step_info.step_number, getattr(step_info, "goal", None),
+                       getattr(step_info, "error", None) or getattr(step_info, "summary", None))
+
+    def _end_step(self, status: str) -> None:
+        if self._step is not None:
+            self._step.close(status)
+            self._step = None
+
+    def _event(self, subtype: str, **fields: Any) -> None:
+        self.tracker.event(WORKFLOW, subtype=subtype, scope=self._scope(), **fields)
+
+    def _report(self, subtype: str, agent: str | None, **fields: Any) -> None:
+        self.tracker.event(CALLBACK, subtype=subtype, agent_name=agent, scope=self._scope(),
+                           **fields)
+
+    def _finish(self, status: str, error: str | None) -> None:
+        self._end_step(status)
+        if self._phase is not None:
+            self._phase.close(status, error=error)
+            self._phase = None
+        if self._run is not None:
+            self._run.close(status, error)
+            self._run = None
+        CURRENT.set(self._outer)
+        self._graph = None
+        self._outer = None
+
