@@ -42,6 +42,7 @@ import functools
 import logging
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
 from .context import CURRENT, Scope
@@ -198,6 +199,13 @@ class CMBAgentTracking:
         if self.tracker.enabled:
             self._workflow().skip(step_number, goal, reason)
             self._activate()
+
+    def attempt(self, **meta: Any) -> AbstractContextManager[Any]:
+        """``with tracking.attempt():`` one attempt at the current step (a fresh ``CMBAgent()``);
+        recorded ``failed`` if the block raises. CMBAgent's attempt loop has no callback."""
+        if not self.tracker.enabled or self._step is None or self._step.closed:
+            return nullcontext()
+        return self._step.attempt(**meta)
 
     def create_redo_branch(self, step_number: int, redo_number: int,
                            hypothesis: str | None) -> str | None:
