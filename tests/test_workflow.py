@@ -12,7 +12,7 @@ import threading
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import asyncpg
 import pytest
@@ -235,6 +235,14 @@ def test_a_worker_process_with_the_run_id_lands_in_its_parents_run(
     assert stored == {("parent", "step_1"): 1, ("worker", None): 2, ("worker", "step_9"): 2}
     assert fetchval(dsn, "SELECT count(*) FROM dag_nodes WHERE name = 'step_9'") == 2
 
+
+@pytest.fixture(autouse=True)
+def own_scope() -> Iterator[None]:
+    """Each test starts outside any run and leaves none behind: the adapter, like CMBAgent's
+    callbacks, sets the current scope in its caller's context."""
+    token = CURRENT.set(None)
+    yield
+    CURRENT.reset(token)
 
 # --- the model's rules, on a recording tracker ------------------------------------------------
 
