@@ -151,7 +151,7 @@ def _command_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["bind"] = tuple(args.bind)
     if getattr(args, "no_migrate", False):
         overrides["migrate"] = False
-    for name in ("metrics_bind", "curve_secret_key_file", "curve_allow_dir"):
+    for name in ("metrics_bind", "curve_secret_key_file", "curve_allow_dir", "max_message_bytes"):
         if getattr(args, name, None):
             overrides[name] = getattr(args, name)
     return overrides
@@ -179,6 +179,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-bind", metavar="HOST:PORT",
                        help="serve /livez, /readyz and /metrics over HTTP here "
                        "(env CMBAGENT_METRICS_BIND; default: off)")
+    serve.add_argument("--max-message-bytes", type=int, metavar="N",
+                       help="refuse larger messages before reading them (default 32 MiB; "
+                       "frames over the protocol's 8 MiB are quarantined)")
     serve.add_argument("--curve-secret-key-file", type=Path, metavar="FILE",
                        help="turn on CurveZMQ with this key pair (env "
                        "CMBAGENT_CURVE_SECRET_KEY_FILE); needs --curve-allow-dir")

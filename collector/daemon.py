@@ -110,9 +110,9 @@ class Collector:
         sock = self._socket
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting shim takes its identity back
-        # Frames far over the limit are refused by ZeroMQ before they are read; those just
-        # over it still arrive, and are quarantined with their reason.
-        sock.setsockopt(zmq.MAXMSGSIZE, 4 * self.settings.max_frame_bytes)
+        # Frames over max_message_bytes are refused by ZeroMQ before they are read (it drops
+        # the connection); those between the protocol's limit and it are quarantined.
+        sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_bytes)
         sock.setsockopt(zmq.RCVHWM, 1000)
         if self.settings.curve_secret_key_file is not None:
             self._authenticate(sock)
@@ -239,3 +239,7 @@ class Collector:
                 self._socket.send_multipart([identity, encode_ack(batch_ids)], zmq.NOBLOCK)
             except zmq.ZMQError:  # the shim is gone; it will resend, and we store it once
                 pass
+        # A send can consume the descriptor's pending read edge: frames that arrived meanwhile
+        # would wait unseen until some later edge. Look at the socket's real state now.
+        if self._reading:
+            self._drain()

