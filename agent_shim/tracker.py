@@ -85,6 +85,14 @@ class Tracker:
                 self._process_scope = scope
             return self._process_scope
 
+    def _where(self, scope: Scope | None, agent_name: str | None) -> Scope:
+        """Where an event goes: the given or current scope; inside a phase or step, the
+        sub-agent node of the agent it names."""
+        scope = scope or self.scope()
+        if agent_name is not None and scope.node is not None:
+            scope = node_for_agent(scope, agent_name)
+        return scope
+
     def open_session(self, name: str | None = None, meta: dict[str, Any] | None = None) -> bytes:
         """Record a new session and return its id."""
         session_id = new_id()
@@ -110,9 +118,7 @@ class Tracker:
         scope: Scope | None = None,
     ) -> bytes:
         """Record one point event in the current run/node; returns its id."""
-        scope = scope or self.scope()
-        if agent_name is not None and scope.node is not None:  # inside a phase or step?
-            scope = node_for_agent(scope, agent_name)
+        scope = self._where(scope, agent_name)
         event_id = new_id()
         self._submit(
             {"k": "event", "p": "point", "id": event_id, "run": scope.run,
@@ -134,9 +140,7 @@ class Tracker:
         scope: Scope | None = None,
     ) -> Span:
         """Open a span (recorded at once as ``running``); the caller must :meth:`end_span` it."""
-        scope = scope or self.scope()
-        if agent_name is not None and scope.node is not None:  # inside a phase or step?
-            scope = node_for_agent(scope, agent_name)
+        scope = self._where(scope, agent_name)
         span = Span(new_id(), scope, event_type, agent_name)
         self._submit(
             {"k": "event", "p": "start", "id": span.id, "run": scope.run,
@@ -183,9 +187,7 @@ class Tracker:
         scope: Scope | None = None,
     ) -> None:
         """Record one LLM call's usage into ``cost_records``."""
-        scope = scope or self.scope()
-        if agent_name is not None and scope.node is not None:  # inside a phase or step?
-            scope = node_for_agent(scope, agent_name)
+        scope = self._where(scope, agent_name)
         self._submit(
             {"k": "cost", "p": "point", "id": new_id(), "run": scope.run,
              "session": scope.session, "node": scope.node, "event": event_id, "model": model,
