@@ -11,18 +11,15 @@ Works with ag2 0.9.x to 0.14.x and CMBAgent's fork ``cmbagent_autogen`` (``mod_c
 
 import asyncio
 import contextlib
-import inspect
 import json
 import os
 import sys
 import tempfile
-import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
-from autogen import ConversableAgent, GroupChat, GroupChatManager, OpenAIWrapper, UserProxyAgent
+from autogen import ConversableAgent, GroupChat, GroupChatManager, UserProxyAgent
 from autogen.agentchat import a_run_group_chat, initiate_group_chat, register_function, run_group_chat
 from autogen.agentchat.group import (AgentTarget, ContextExpression, ContextVariables,
                                      ExpressionContextCondition, OnCondition, OnContextCondition,
@@ -33,125 +30,24 @@ from autogen.coding import LocalCommandLineCodeExecutor
 #: Planted in llm_config (api_key), in messages and in tool arguments; must never be recorded.
 SECRET = "sk-test-PLANTED-SECRET-0123456789"
 
-#: The fork renames ``model_client_cls`` to ``mod_client_cls``.
-CLIENT_KEY = ("mod_client_cls" if "mod_client_cls"
-              in inspect.signature(OpenAIWrapper.register_model_client).parameters
-              else "model_client_cls")
-
 EVENT_TYPES = ("agent_call", "message", "tool_call", "code_exec", "handoff", "llm_call",
                "conversation", "human_input")
 
 
-# --- the scripted model client -------------------------------------------------------------
+# --- the scripted model client (shared with the example) ----------------------------------
 
-
-@dataclass
-class Usage:
-    """What the scripted client reported, summed over a scenario."""
-
-    calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    cost: float = 0.0
-
-
-LEDGER = Usage()
-#: Answers of LLM speaker selection (internal agents get no script of their own).
-SELECTOR: deque[str] = deque()
-
-
-def call(name: str, **arguments: Any) -> dict[str, Any]:
-    """A scripted tool call; a name ending in ``*`` matches the first offered tool by prefix."""
-    return {"name": name, "arguments": arguments}
-
-
-class ScriptedClient:
-    """A ModelClient that answers from a script: text, or a list of tool calls."""
-
-    def __init__(self, config: dict[str, Any], script: deque[Any] | None = None, **_: Any) -> None:
-        self.model = config.get("model", "scripted-model")
-        self.script = script if script is not None else SELECTOR
-
-    def create(self, params: dict[str, Any]) -> SimpleNamespace:
-        turn = self.script.popleft()
-        if isinstance(turn, BaseException):
-            raise turn
-        offered = [t.get("function", {}).get("name", "") for t in params.get("tools") or []]
-        tool_calls = None
-        if isinstance(turn, list):
-            tool_calls = [{"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
-                           "function": {"name": _resolve(c["name"], offered),
-                                        "arguments": json.dumps(c["arguments"])}} for c in turn]
-            content = None
-        else:
-            content = turn
-        prompt = 10 * len(params.get("messages") or []) + 7
-        completion = 3 + len(json.dumps(turn)) // 4
-        cost = round(prompt * 1e-5 + completion * 3e-5, 10)
-        LEDGER.calls += 1
-        LEDGER.prompt_tokens += prompt
-        LEDGER.completion_tokens += completion
-        LEDGER.total_tokens += prompt + completion
-        LEDGER.cost += cost
-        message = SimpleNamespace(role="assistant", content=content, tool_calls=tool_calls,
-                                  function_call=None)
-        return SimpleNamespace(
-            id=f"scripted-{uuid.uuid4().hex}", model=self.model, cost=cost,
-            choices=[SimpleNamespace(message=message,
-                                     finish_reason="tool_calls" if tool_calls else "stop")],
-            usage=SimpleNamespace(prompt_tokens=prompt, completion_tokens=completion,
-                                  total_tokens=prompt + completion),
-            message_retrieval_function=None,
-        )
-
-    def message_retrieval(self, response: SimpleNamespace) -> list[Any]:
-        message = response.choices[0].message
-        if message.tool_calls:
-            return [{"role": "assistant", "content": None, "tool_calls": message.tool_calls}]
-        return [message.content]
-
-    def cost(self, response: SimpleNamespace) -> float:
-        return response.cost
-
-    @staticmethod
-    def get_usage(response: SimpleNamespace) -> dict[str, Any]:
-        usage = response.usage
-        return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                "total_tokens": usage.total_tokens, "cost": response.cost, "model": response.model}
-
-
-def _resolve(name: str, offered: list[str]) -> str:
-    if not name.endswith("*"):
-        return name
-    return next(o for o in offered if o.startswith(name[:-1]))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                "examples"))
+import offline_llm  # noqa: E402
+from offline_llm import CLIENT_KEY, SELECTOR, ScriptedClient, Usage, call  # noqa: E402
 
 
 def llm_config() -> dict[str, Any]:
-    return {"config_list": [{"model": "scripted-model", CLIENT_KEY: "ScriptedClient",
-                             "api_key": SECRET}], "cache_seed": None}
+    return offline_llm.llm_config(api_key=SECRET)
 
 
-class ScriptedAgent(ConversableAgent):
-    """An agent whose LLM is the script. AG2 rebuilds ``agent.client`` whenever its tools
-    change (every turn in a group chat), so the client is re-registered on every rebuild."""
-
-    def __init__(self, name: str, script: list[Any] | None = None, **kwargs: Any) -> None:
-        self.script = deque(script or [])
-        kwargs.setdefault("llm_config", llm_config())
-        kwargs.setdefault("human_input_mode", "NEVER")
-        super().__init__(name, **kwargs)
-
-    @property
-    def client(self) -> Any:
-        return self.__dict__.get("_scripted_client")
-
-    @client.setter
-    def client(self, wrapper: Any) -> None:
-        self.__dict__["_scripted_client"] = wrapper
-        if wrapper is not None and any(type(c).__name__ == "PlaceHolderClient"
-                                       for c in getattr(wrapper, "_clients", ())):
-            getattr(wrapper, "register_model_client")(ScriptedClient, script=self.script)
+class ScriptedAgent(offline_llm.ScriptedAgent):
+    api_key = SECRET
 
 
 class CountingAssistant(ScriptedAgent):
@@ -217,10 +113,9 @@ def expect(usage: Usage, agents: list[Any], handoffs: list[str] = (), tool_asker
 @contextlib.contextmanager
 def ledger() -> Iterator[Usage]:
     """Counts the usage the scripted client reports inside the block."""
-    global LEDGER
-    LEDGER = Usage()
+    offline_llm.USAGE.reset()
     SELECTOR.clear()
-    yield LEDGER
+    yield offline_llm.USAGE
 
 
 @contextlib.contextmanager
