@@ -17,6 +17,7 @@ disk, and applies the one truncation and redaction policy:
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any
 
 import msgpack
@@ -43,6 +44,11 @@ _SECRET_TEXT = "|".join(
         r"(?i:\b(?:api[_\-]?key|secret|password|passwd|token)[\"']?\s*[:=]\s*[\"']?[^\s\"',;}]{6,})",
     )
 )
+#: Every text that ``_SECRET_TEXT`` can match contains one of these once case-folded. Searching
+#: for them is ~20x cheaper than running the pattern over text with no secret in it (most text),
+#: so the pattern runs only on text that has one. Keep in step with ``_SECRET_TEXT``.
+_SECRET_HINTS = ("sk-", "akia", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "xox", "aiza", "hf_",
+                 "gsk_", "bearer", "api", "secret", "passw", "token")
 
 
 def _fallback(value: Any) -> Any:
@@ -61,10 +67,23 @@ def _fallback(value: Any) -> Any:
         return f"<unprintable {type(value).__name__}>"
 
 
+_local = threading.local()
+
+
 def snapshot(value: Any) -> bytes | None:
     """Freeze a payload as msgpack bytes; never raises."""
     if value is None:
         return None
+    try:
+        packer = _local.packer
+    except AttributeError:  # this thread's first payload
+        packer = _local.packer = msgpack.Packer(use_bin_type=True)
+    try:
+        # A reused packer (one per thread: it holds a buffer) with no ``default`` runs no Python
+        # code; ``packb`` would build a packer per call, which costs as much as the packing.
+        return packer.pack(value)
+    except Exception:  # a type msgpack cannot encode (the packer resets itself)
+        pass
     try:
         return msgpack.packb(value, default=_fallback, use_bin_type=True)
     except Exception:  # ints over 64 bits, recursion, a __str__ that raises deep inside ...
@@ -81,9 +100,10 @@ class Cleaner:
         extra_patterns: str | None = None,
     ) -> None:
         keys = _SECRET_KEYS + (f"|{extra_keys}" if extra_keys else "")
-        text = _SECRET_TEXT + (f"|{extra_patterns}" if extra_patterns else "")
         self._secret_key = re.compile(f"^(?:{keys})$", re.IGNORECASE).match
-        self._secret_text = re.compile(text).sub
+        self._builtin_text = re.compile(_SECRET_TEXT).sub
+        # The user's patterns cannot be pre-screened: they run on every text.
+        self._extra_text = re.compile(extra_patterns).sub if extra_patterns else None
         self._limit = max_field_chars
 
     def clean_record(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -109,12 +129,23 @@ class Cleaner:
             record["meta"] = meta
         return record
 
+    def redact_text(self, value: str) -> str:
+        """``value`` with every secret-looking part replaced by ``[REDACTED]``."""
+        folded = value.casefold()
+        for hint in _SECRET_HINTS:
+            if hint in folded:
+                value = self._builtin_text(REDACTED, value)
+                break
+        if self._extra_text is not None:
+            value = self._extra_text(REDACTED, value)
+        return value
+
     def clean(self, value: Any, path: str, truncated: dict[str, int]) -> Any:
         if isinstance(value, str):
             if len(value) > self._limit:
                 truncated[path] = len(value)
                 value = f"{value[: self._limit]}…[truncated {len(value) - self._limit} chars]"
-            return self._secret_text(REDACTED, value) if len(value) >= 12 else value
+            return self.redact_text(value) if len(value) >= 12 else value
         if isinstance(value, dict):
             out = {}
             for key, item in value.items():

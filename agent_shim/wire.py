@@ -69,14 +69,14 @@ class WireError(ValueError):
 # unique.  ``uuid.uuid4()`` per event costs a urandom syscall; instead each process draws a random
 # 32-bit node number once and counts.  Ids sort by time (to the millisecond), so they index well.
 
-_node = 0
+_fixed = 0  # the version and variant bits and this process's node number, in place
 _counter: itertools.count[int] = itertools.count()
 
 
 def _reseed() -> None:
-    global _node, _counter
+    global _fixed, _counter
     seed = int.from_bytes(os.urandom(8), "big")
-    _node = seed >> 32
+    _fixed = 0x7 << 76 | 0b10 << 62 | (seed >> 32) << 30
     _counter = itertools.count(seed & 0x3FFFFFFF)
 
 
@@ -87,15 +87,8 @@ os.register_at_fork(after_in_child=_reseed)
 def new_id() -> bytes:
     """A fresh 16-byte, time-ordered id, unique across processes and hosts."""
     count = next(_counter) & 0x3FF_FFFF_FFFF  # 42 bits
-    value = (
-        (time.time_ns() // 1_000_000) << 80
-        | 0x7 << 76
-        | (count >> 30) << 64
-        | 0b10 << 62
-        | _node << 30
-        | (count & 0x3FFFFFFF)
-    )
-    return value.to_bytes(16, "big")
+    return ((time.time_ns() // 1_000_000) << 80 | _fixed | (count >> 30) << 64
+            | (count & 0x3FFFFFFF)).to_bytes(16, "big")
 
 
 def now_us() -> int:

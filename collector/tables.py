@@ -8,6 +8,7 @@ the row is already stored. Merging is idempotent, so a redelivered frame changes
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -74,12 +75,12 @@ class Column:
     default: Any = None  # used when a merged row still has no value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # one instance per table: identity is equality, hashing is free
 class Table:
     name: str
     columns: tuple[Column, ...]
 
-    @property
+    @functools.cached_property
     def key(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns if c.rule == "key")
 
@@ -131,10 +132,14 @@ def clean_text(value: str) -> str:
     return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
 
+# One encoder for every call: ``json.dumps`` with options builds a new one each time.
+_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
 def jsonb_text(value: Any) -> str:
     """JSON text PostgreSQL's jsonb accepts: no NUL (not even escaped), no NaN, text keys."""
     try:
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text = _encode(value)
     except (TypeError, ValueError):
         text = None
     if text is None or "\\u0000" in text:

@@ -1,0 +1,1 @@
+"""Benchmarks against what users would use instead; ``python -m benchmarks --help``."""
