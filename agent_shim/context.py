@@ -8,7 +8,7 @@ the thread-local stack of the old capture code. Scopes are immutable; entering o
 from __future__ import annotations
 
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,13 +21,14 @@ class Scope:
     span: bytes | None = None
     depth: int = 0
 
+    # Built directly: ``dataclasses.replace`` costs twice as much, and this is the hot path.
     def child(self, span: bytes) -> Scope:
         """The scope inside a span opened here."""
-        return replace(self, span=span, depth=self.depth + 1)
+        return Scope(self.run, self.session, self.node, span, self.depth + 1)
 
     def at_node(self, node: bytes | None) -> Scope:
         """The scope of work attributed to a DAG node (spans nested in it keep their parent)."""
-        return replace(self, node=node)
+        return Scope(self.run, self.session, node, self.span, self.depth)
 
 
 CURRENT: ContextVar[Scope | None] = ContextVar("cmbagent_tracking_scope", default=None)

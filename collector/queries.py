@@ -34,11 +34,11 @@ SELECT r.id, r.session_id, r.status, r.started_at, r.completed_at, r.task_descri
        r.error_message,
        (SELECT count(*) FROM execution_events e WHERE e.run_id = r.id) AS events,
        c.tokens, c.cost_usd
-FROM workflow_runs r
+FROM (SELECT * FROM workflow_runs  -- the page first: the totals are computed for it alone
+      ORDER BY started_at DESC NULLS LAST, id DESC LIMIT $1) r
 LEFT JOIN LATERAL (SELECT sum(total_tokens) AS tokens, sum(cost_usd) AS cost_usd
                    FROM cost_records WHERE run_id = r.id) c ON true
 ORDER BY r.started_at DESC NULLS LAST, r.id DESC
-LIMIT $1
 """
 _RUN_SQL = """
 SELECT id, session_id, status, started_at, completed_at, task_description, error_message, meta
