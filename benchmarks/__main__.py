@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = _missing()
     if missing:
         print(f"benchmarks: missing {', '.join(missing)}; install them with\n"
-              "  pip install -e '.[test]' -r benchmarks/requirements.txt", file=sys.stderr)
+              "  pip install '.[bench]'", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
