@@ -163,41 +163,43 @@ class Hook:
 class Call:
     """One recorded call between entry and exit."""
 
-    __slots__ = ("hook", "start", "span", "inner", "resets")
+    __slots__ = ("hook", "start", "span", "inner", "innermost", "current", "caller")
 
     def __init__(self, hook: Hook, start: Start, guard: tuple[Hook, int]) -> None:
         runtime = hook.runtime
         activity = hook.activity
+        tracker = runtime.tracker
         self.hook = hook
         self.start = start
         self.span: Span | None = None
         self.inner: Scope | None = None
+        self.current: Token[Any] | None = None
+        self.caller: Token[Any] | None = None
         scope = CURRENT.get()
         if scope is None and start.fallback_agent is not None:
             scope = runtime.agent_scopes.latest(start.fallback_agent)
-        fields = {"subtype": start.subtype, "agent_name": start.agent_name,
-                  "inputs": start.inputs, "meta": start.meta, "scope": scope}
         if activity.point:
-            runtime.tracker.event(activity.event_type, **fields)
+            tracker.event(activity.event_type, subtype=start.subtype,
+                          agent_name=start.agent_name, inputs=start.inputs, meta=start.meta,
+                          scope=scope)
         else:
-            self.span = runtime.tracker.start_span(activity.event_type, **fields)
+            self.span = tracker.start_span(activity.event_type, subtype=start.subtype,
+                                           agent_name=start.agent_name, inputs=start.inputs,
+                                           meta=start.meta, scope=scope)
             self.inner = self.span.inner
-        resets: list[tuple[ContextVar[Any], Token[Any]]] = [(INNERMOST, INNERMOST.set(guard))]
+        self.innermost = INNERMOST.set(guard)
         if self.inner is not None:
-            resets.append((CURRENT, CURRENT.set(self.inner)))
+            self.current = CURRENT.set(self.inner)
             if start.owner is not None:
-                resets.append((CALLER, CALLER.set((start.owner, start.sender))))
+                self.caller = CALLER.set((start.owner, start.sender))
                 runtime.agent_scopes.push(start.owner, self.inner)
-        self.resets = resets
 
     def close(self, result: Any, exc: BaseException | None) -> None:
         """End the call with its result or exception. Never raises."""
         hook = self.hook
-        for var, token in reversed(self.resets):
-            try:
-                var.reset(token)
-            except (ValueError, RuntimeError):  # closed in another context: nothing to undo
-                pass
+        _reset(CALLER, self.caller)
+        _reset(CURRENT, self.current)
+        _reset(INNERMOST, self.innermost)
         if self.span is None:
             return
         runtime = hook.runtime
@@ -216,3 +218,11 @@ class Call:
                 runtime.tracker.cost(**end.cost, event_id=self.span.id, scope=self.span.scope)
         except Exception as err:
             hook.disable(err)
+
+
+def _reset(var: ContextVar[Any], token: Token[Any] | None) -> None:
+    if token is not None:
+        try:
+            var.reset(token)
+        except (ValueError, RuntimeError):  # closed in another context: nothing to undo
+            pass
