@@ -128,3 +128,14 @@ def collector(database: str, tmp_path: Path) -> Iterator[CollectorProcess]:
 def agent_env(tmp_path: Path) -> dict[str, str]:
     """Environment for agent processes: a spool of this test's own (the URL is added per test)."""
     return {"CMBAGENT_SPOOL_DIR": str(tmp_path / "spool"), "CMBAGENT_EXIT_TIMEOUT": "2"}
+
+
+@pytest.fixture
+def own_scope() -> Iterator[None]:
+    """The test starts outside any run and leaves none behind (the workflow API and the CMBAgent
+    adapter set the current scope in their caller's context)."""
+    from agent_shim.context import CURRENT
+
+    token = CURRENT.set(None)
+    yield
+    CURRENT.reset(token)

@@ -6,7 +6,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 
@@ -86,13 +86,7 @@ def merge_callbacks(*callbacks: Any) -> WorkflowCallbacks:
     return WorkflowCallbacks(**{name: merged(name) for name in CALLBACKS})
 
 
-@pytest.fixture(autouse=True)
-def own_scope() -> Iterator[None]:
-    """Each test starts outside any run and leaves none behind: the adapter, like CMBAgent's
-    callbacks, sets the current scope in its caller's context."""
-    token = CURRENT.set(None)
-    yield
-    CURRENT.reset(token)
+pytestmark = pytest.mark.usefixtures("own_scope")
 
 PLAN = [{"sub_task": "Generate data", "sub_task_agent": "engineer", "bullet_points": ["a"]},
         {"sub_task": "Fit", "sub_task_agent": "engineer", "bullet_points": ["b"]},

@@ -12,7 +12,7 @@ import threading
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -236,13 +236,7 @@ def test_a_worker_process_with_the_run_id_lands_in_its_parents_run(
     assert fetchval(dsn, "SELECT count(*) FROM dag_nodes WHERE name = 'step_9'") == 2
 
 
-@pytest.fixture(autouse=True)
-def own_scope() -> Iterator[None]:
-    """Each test starts outside any run and leaves none behind: the adapter, like CMBAgent's
-    callbacks, sets the current scope in its caller's context."""
-    token = CURRENT.set(None)
-    yield
-    CURRENT.reset(token)
+pytestmark = pytest.mark.usefixtures("own_scope")
 
 # --- the model's rules, on a recording tracker ------------------------------------------------
 
