@@ -44,7 +44,7 @@ def _create(settings: ShimSettings) -> AnyTracker:
 def _forget_in_child() -> None:
     # A forked child starts with a fresh sender (its own socket, queue and spool files) the
     # first time it emits; the run it was in stays current through its inherited contextvars.
-    global _tracker, _lock
+    global _lock
     _lock = threading.Lock()
     if isinstance(_tracker, Tracker):
         _tracker.after_fork()
