@@ -295,8 +295,8 @@ class DisabledTracker:
     def end_span(self, span: Any, **fields: Any) -> None:
         return None
 
-    def span(self, event_type: str, **fields: Any) -> _Nothing:
-        return _NOTHING
+    def span(self, event_type: str, **fields: Any) -> DisabledRun:
+        return DISABLED_RUN  # a no-op block whose ``id`` is None, like a disabled run
 
     def cost(self, **fields: Any) -> None:
         return None
@@ -312,22 +312,3 @@ class DisabledTracker:
 
     def shutdown(self, timeout: float | None = None) -> bool:
         return True
-
-
-class _Nothing:
-    """A context manager (sync and async) that does nothing."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-_NOTHING = _Nothing()

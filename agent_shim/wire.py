@@ -47,7 +47,6 @@ import msgpack
 VERSION = 1
 ACK = "ack"
 
-KINDS = ("session", "run", "node", "edge", "event", "cost")
 PHASES = ("start", "end", "point")
 
 #: Frames larger than this are refused by the collector (and never built by the shim).
