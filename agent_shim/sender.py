@@ -32,7 +32,7 @@ from zmq.utils.monitor import recv_monitor_message
 from .config import ShimSettings
 from .payload import Cleaner
 from .spool import Spool
-from .wire import MAX_FRAME_BYTES, decode_ack, encode_frame, pack_record
+from .wire import ACK, MAX_FRAME_BYTES, decode_reply, encode_frame, pack_record
 
 log = logging.getLogger(__name__)
 
@@ -234,8 +234,10 @@ class Sender:
                         frame.sent_at = 0.0
         if sock in ready:
             while sock.poll(0):
-                for batch_id in decode_ack(sock.recv()):
-                    self._acknowledged(batch_id)
+                kind, batch_ids = decode_reply(sock.recv())
+                if kind == ACK:
+                    for batch_id in batch_ids:
+                        self._acknowledged(batch_id)
 
     def _acknowledged(self, batch_id: bytes) -> None:
         frame = self._in_flight.pop(batch_id, None)

@@ -30,9 +30,14 @@ A span (anything with a duration) is sent as a ``start`` and an ``end`` record w
 an open span is visible while it runs and stays ``running`` if its process dies. The ``end`` may
 arrive before the ``start``; the collector merges them whichever comes first.
 
-Ack (collector → shim)::
+Replies (collector → shim)::
 
-    [VERSION, "ack", [batch_id, ...]]
+    [VERSION, "ack", [batch_id, ...]]        committed: the shim forgets these frames
+    [VERSION, "refused", [batch_id, ...]]    quarantined whole and never to be accepted (malformed,
+                                             oversize, truncated): the shim stops resending them and
+                                             counts their events as dropped (reason ``refused``)
+
+A shim that predates ``refused`` ignores it (it reads only ``ack``).
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ import msgpack
 
 VERSION = 1
 ACK = "ack"
+REFUSED = "refused"
+REPLY_KINDS = (ACK, REFUSED)
 
 PHASES = ("start", "end", "point")
 
@@ -145,16 +152,34 @@ def decode_frame(frame: bytes) -> tuple[bytes, dict[str, Any], list[Any]]:
     return batch_id, header, records
 
 
-def encode_ack(batch_ids: list[bytes]) -> bytes:
-    return msgpack.packb([VERSION, ACK, batch_ids], use_bin_type=True)
+def encode_reply(kind: str, batch_ids: list[bytes]) -> bytes:
+    """A reply to a shim: ``kind`` is :data:`ACK` or :data:`REFUSED`."""
+    return msgpack.packb([VERSION, kind, batch_ids], use_bin_type=True)
 
 
-def decode_ack(message: bytes) -> list[bytes]:
-    """The batch ids an ack confirms; an empty list for anything that is not a valid ack."""
+def decode_reply(message: bytes) -> tuple[str | None, list[bytes]]:
+    """A reply's kind and batch ids; ``(None, [])`` for anything that is not a valid reply."""
     try:
         version, kind, batch_ids = msgpack.unpackb(message, raw=False)
     except Exception:
-        return []
-    if version != VERSION or kind != ACK or not isinstance(batch_ids, list):
-        return []
-    return [b for b in batch_ids if isinstance(b, bytes)]
+        return None, []
+    if version != VERSION or kind not in REPLY_KINDS or not isinstance(batch_ids, list):
+        return None, []
+    return kind, [b for b in batch_ids if isinstance(b, bytes) and len(b) == 16]
+
+
+def peek_batch_id(frame: bytes) -> bytes | None:
+    """The batch id at the head of a frame that may be malformed or truncated, if it is there.
+
+    Lets the collector refuse (rather than silently ignore) a frame it cannot decode, so the
+    shim that keeps resending it can give up on it.
+    """
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(frame), 1024), raw=False)
+    unpacker.feed(frame[:64])
+    try:
+        if unpacker.read_array_header() != 4 or unpacker.unpack() != VERSION:
+            return None
+        batch_id = unpacker.unpack()
+    except Exception:
+        return None
+    return batch_id if isinstance(batch_id, bytes) and len(batch_id) == 16 else None

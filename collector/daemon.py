@@ -22,7 +22,7 @@ from typing import Any
 import zmq
 import zmq.auth
 
-from agent_shim.wire import encode_ack
+from agent_shim.wire import ACK, encode_reply
 
 from . import schema
 from .health import serve_health
@@ -236,7 +236,7 @@ class Collector:
                 by_peer.setdefault(decoded.identity, []).append(decoded.batch_id)
         for identity, batch_ids in by_peer.items():
             try:
-                self._socket.send_multipart([identity, encode_ack(batch_ids)], zmq.NOBLOCK)
+                self._socket.send_multipart([identity, encode_reply(ACK, batch_ids)], zmq.NOBLOCK)
             except zmq.ZMQError:  # the shim is gone; it will resend, and we store it once
                 pass
         # A send can consume the descriptor's pending read edge: frames that arrived meanwhile

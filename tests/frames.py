@@ -8,7 +8,7 @@ import msgpack
 import zmq
 
 from agent_shim.testing import recording_tracker
-from agent_shim.wire import MAX_FRAME_BYTES, VERSION, decode_ack, encode_frame, new_id, pack_record
+from agent_shim.wire import MAX_FRAME_BYTES, VERSION, decode_reply, encode_frame, new_id, pack_record
 
 from .support import CollectorProcess, fetch, fetchval, wait_for
 
@@ -72,7 +72,7 @@ def exercise_bad_input(collector: CollectorProcess, kind: str) -> None:
         acked: set[bytes] = set()
         while not acked >= set(good_ids):
             assert sock.poll(20_000), f"acks missing: {len(set(good_ids) - acked)}"
-            acked.update(decode_ack(sock.recv()))
+            acked.update(decode_reply(sock.recv())[1])
     finally:
         sock.close(linger=0)
         context.term()

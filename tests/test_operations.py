@@ -159,7 +159,7 @@ def test_two_collectors_on_one_database_store_redelivered_events_once(
         database: str, tmp_path: Path) -> None:
     import zmq
 
-    from agent_shim.wire import decode_ack, encode_frame, new_id
+    from agent_shim.wire import decode_reply, encode_frame, new_id
 
     from .frames import good_records
 
@@ -177,7 +177,7 @@ def test_two_collectors_on_one_database_store_redelivered_events_once(
             acked: set[bytes] = set()
             while len(acked) < len(frames):
                 assert sock.poll(20_000), "acks missing"
-                acked.update(decode_ack(sock.recv()))
+                acked.update(decode_reply(sock.recv())[1])
             sock.close(linger=0)
     finally:
         context.term()
@@ -218,7 +218,7 @@ def test_messages_over_the_configured_size_are_refused_before_they_are_read(
 
     import zmq
 
-    from agent_shim.wire import decode_ack, encode_frame, new_id
+    from agent_shim.wire import decode_reply, encode_frame, new_id
 
     from .frames import good_records
 
@@ -235,7 +235,7 @@ def test_messages_over_the_configured_size_are_refused_before_they_are_read(
         good.connect(collector.url)
         batch_id = new_id()
         good.send(encode_frame(batch_id, {}, records))
-        assert good.poll(20_000) and decode_ack(good.recv()) == [batch_id]
+        assert good.poll(20_000) and decode_reply(good.recv())[1] == [batch_id]
         assert not huge.poll(1_000), "the oversized message was answered"
         for sock in (huge, good):
             sock.close(linger=0)
