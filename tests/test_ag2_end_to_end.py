@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from .install_checks import require_startup_hook
 from .support import CollectorProcess, fetch, wait_for
 
 AG2_TESTS = Path(__file__).parent / "ag2"
@@ -45,6 +46,7 @@ def _json(text: str | None) -> object:
 @pytest.mark.parametrize("name", list(scenarios.SCENARIOS))
 def test_unmodified_program_is_captured_into_the_database(
         name: str, collector: CollectorProcess, agent_env: dict[str, str], tmp_path: Path) -> None:
+    require_startup_hook()
     env = {**agent_env, "CMBAGENT_COLLECTOR_URL": collector.url}
     # The program imports nothing of ours: the installed startup hook does it all.
     result = subprocess.run([sys.executable, str(AG2_TESTS / "scenarios.py"), name],

@@ -151,7 +151,7 @@ def test_build_context_keeps_what_the_image_needs_and_no_secrets() -> None:
     patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
     assert not any(p.startswith("!") for p in patterns)
-    needed = ["pyproject.toml", "setup.py", "README.md", "agent_shim/__init__.py",
+    needed = ["pyproject.toml", "README.md", "agent_shim/__init__.py",
               "agent_shim/cmbagent_tracking.pth", "collector/cli.py", "migrations/env.py",
               "migrations/versions/0001_initial.py", "deploy/healthcheck.py"]
     for path in needed:
