@@ -4,7 +4,11 @@
   every waiting frame without blocking (``recv`` with ``NOBLOCK`` until ``Again``).
 - Frames wait in memory until a batch is full (by events) or ``batch_delay`` has passed since the
   first one arrived. Past ``max_pending_bytes`` the daemon stops reading; ZeroMQ's buffers then
-  fill and the shims' sends back off, so pressure reaches them instead of our memory.
+  fill and the shims' sends back off, so pressure reaches them instead of our memory. A batch
+  decodes at most ``batch_max_events`` records (stored or refused) or ``batch_max_bytes`` of
+  frames, plus one frame (see ``docs/operations.md`` for the whole bound).
+- A frame refused whole (malformed, oversize, ...) is answered ``refused`` with its batch id,
+  when that can be read, after the commit that quarantines it: its shim stops resending it.
 - A batch is committed in one transaction; only then are its frames acknowledged. If the
   database is away, the same batch is retried with backoff and nothing is acknowledged.
 - SIGTERM or SIGINT: stop reading, commit and acknowledge what is held, exit.
@@ -22,12 +26,12 @@ from typing import Any
 import zmq
 import zmq.auth
 
-from agent_shim.wire import ACK, encode_reply
+from agent_shim.wire import ACK, REFUSED, encode_reply
 
 from . import schema
 from .health import serve_health
 from .metrics import Metrics
-from .pipeline import Decoded, decode
+from .pipeline import Decoded, decode, refused
 from .settings import Settings
 from .store import Store
 
@@ -45,6 +49,7 @@ class Collector:
         self.metrics = Metrics()
         self._head_revision = schema.head_revision()
         self._pending: deque[tuple[bytes, bytes]] = deque()
+        self._refused_early: list[Decoded] = []  # messages over the size limit, already refused
         self._pending_bytes = 0
         self._reading = False
         self._stopping = False
@@ -153,13 +158,18 @@ class Collector:
         sock = self._socket
         while self._reading and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             try:
-                parts = sock.recv_multipart(zmq.NOBLOCK)
+                identity = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            identity, frame = parts[0], b"".join(parts[1:])
+            frame, size = self._receive_rest()
+            self.metrics.received(size)
+            if size > self.settings.max_message_bytes:
+                self._refused_early.append(refused(
+                    identity, frame, "oversize",
+                    f"a multipart message of {size} bytes > {self.settings.max_message_bytes}"))
+                continue
             self._pending.append((identity, frame))
             self._pending_bytes += len(frame)
-            self.metrics.received(frame)
             if self._pending_bytes >= self.settings.max_pending_bytes:
                 self.metrics.reading_paused.inc()
                 log.warning("holding %d bytes: not reading until the database catches up",
@@ -167,6 +177,22 @@ class Collector:
                 self._pause_reading()
         self._count_pending()
         self._arrived.set()
+
+    def _receive_rest(self) -> tuple[bytes, int]:
+        """The message's remaining parts joined, and their total size. ZeroMQ limits each part
+        (``MAXMSGSIZE``), so the total is limited here: past ``max_message_bytes`` parts are
+        read and thrown away, and only the first part's head is kept, to quarantine."""
+        sock, limit = self._socket, self.settings.max_message_bytes
+        parts: list[bytes] = []
+        size = 0
+        while sock.getsockopt(zmq.RCVMORE):
+            part = sock.recv()
+            size += len(part)
+            if size <= limit:
+                parts.append(part)
+            elif parts:
+                parts = [parts[0][:64 * 1024]]
+        return b"".join(parts), size
 
     def _count_pending(self) -> None:
         self.metrics.pending_frames.set(len(self._pending))
@@ -176,7 +202,7 @@ class Collector:
 
     async def _write_loop(self) -> None:
         while True:
-            if not self._pending:
+            if not self._pending and not self._refused_early:
                 if self._stopping:
                     return
                 self._arrived.clear()
@@ -190,15 +216,17 @@ class Collector:
                 self._resume_reading()
 
     def _take_batch(self) -> list[Decoded]:
-        batch: list[Decoded] = []
-        rows = 0
-        max_bytes = self.settings.max_frame_bytes
-        while self._pending and rows < self.settings.batch_max_events:
+        settings = self.settings
+        batch, self._refused_early = self._refused_early, []
+        records = frame_bytes = 0
+        while (self._pending and records < settings.batch_max_events
+               and frame_bytes < settings.batch_max_bytes):
             identity, frame = self._pending.popleft()
             self._pending_bytes -= len(frame)
-            decoded = decode(identity, frame, max_bytes)
+            frame_bytes += len(frame)
+            decoded = decode(identity, frame, settings.max_frame_bytes, settings.max_frame_records)
             self.metrics.decoded(decoded)
-            rows += len(decoded.rows)
+            records += decoded.records
             batch.append(decoded)
         self._count_pending()
         return batch
@@ -230,13 +258,15 @@ class Collector:
             return
 
     def _acknowledge(self, batch: list[Decoded]) -> None:
-        by_peer: dict[bytes, list[bytes]] = {}
+        replies: dict[tuple[bytes, str], list[bytes]] = {}
         for decoded in batch:
             if decoded.batch_id is not None:
-                by_peer.setdefault(decoded.identity, []).append(decoded.batch_id)
-        for identity, batch_ids in by_peer.items():
+                replies.setdefault((decoded.identity, ACK), []).append(decoded.batch_id)
+            elif decoded.refused_id is not None:
+                replies.setdefault((decoded.identity, REFUSED), []).append(decoded.refused_id)
+        for (identity, kind), batch_ids in replies.items():
             try:
-                self._socket.send_multipart([identity, encode_reply(ACK, batch_ids)], zmq.NOBLOCK)
+                self._socket.send_multipart([identity, encode_reply(kind, batch_ids)], zmq.NOBLOCK)
             except zmq.ZMQError:  # the shim is gone; it will resend, and we store it once
                 pass
         # A send can consume the descriptor's pending read edge: frames that arrived meanwhile

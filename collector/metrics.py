@@ -1,11 +1,29 @@
-"""The collector's Prometheus metrics: one registry of its own, the only record of what it did."""
+"""The collector's Prometheus metrics: one registry of its own, the only record of what it did.
+
+Label values come from fixed sets (unknown ones are counted as ``other``), and the memory of
+what each sender last reported is bounded, so no client can grow ``/metrics`` or the daemon.
+"""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from .pipeline import Decoded
+from .pipeline import REASONS, Decoded
 from .store import WriteResult
+
+#: The reasons a shim gives for the events it drops (``agent_shim``); others count as ``other``.
+SHIM_DROP_REASONS = frozenset({"queue_full", "after_shutdown", "unencodable", "oversize",
+                               "spool_full", "refused"})
+#: (run, sender, reason) triples whose last reported drop count is remembered.
+MAX_DROP_SENDERS = 10_000
+
+
+def quarantine_label(reason: str) -> str:
+    if reason in REASONS:
+        return reason
+    return "db_refused" if reason.startswith("db_") else "other"
 
 
 class Metrics:
@@ -51,34 +69,48 @@ class Metrics:
         self.reading_paused = Counter("cmbagent_reading_paused",
                                       "Times reading stopped at the memory bound",
                                       registry=registry)
-        self._last_drops: dict[tuple[object, ...], int] = {}
+        self.write_transactions = Counter(
+            "cmbagent_write_transactions", "Transactions tried to store batches (more than one "
+            "per batch when the database refuses rows)", registry=registry)
+        self._last_drops: OrderedDict[tuple[object, ...], int] = OrderedDict()
 
-    def received(self, frame: bytes) -> None:
+    def received(self, size: int) -> None:
         self.frames_received.inc()
-        self.bytes_received.inc(len(frame))
+        self.bytes_received.inc(size)
 
     def decoded(self, decoded: Decoded) -> None:
         for table, row in decoded.rows:
             self.records_received.labels(table.name).inc()
             if table.name == "dropped_events":
-                # Shims report cumulative counts: count what is new since their last report.
-                key = (row["run_id"], row["sender"], row["reason"])
-                delta = row["count"] - self._last_drops.get(key, 0)
-                if delta > 0:
-                    self._last_drops[key] = row["count"]
-                    self.shim_drops.labels(row["reason"]).inc(delta)
+                self._count_shim_drops(row["run_id"], row["sender"], row["reason"], row["count"])
+
+    def _count_shim_drops(self, run: object, sender: str, reason: str, total: int) -> None:
+        """Shims report cumulative counts: count what is new since the last report. Only the
+        latest :data:`MAX_DROP_SENDERS` reporters are remembered; one forgotten and heard
+        again is counted from zero (the stored counts in ``dropped_events`` stay exact)."""
+        key = (run, sender, reason)
+        delta = total - self._last_drops.get(key, 0)
+        if delta <= 0:
+            return
+        self._last_drops[key] = total
+        self._last_drops.move_to_end(key)
+        if len(self._last_drops) > MAX_DROP_SENDERS:
+            self._last_drops.popitem(last=False)
+        label = reason if reason in SHIM_DROP_REASONS else "other"
+        self.shim_drops.labels(label).inc(delta)
 
     def committed(self, frames: list[Decoded], result: WriteResult, seconds: float,
                   after_errors: bool) -> None:
         self.batch_frames.observe(len(frames))
         self.batch_rows.observe(sum(len(f.rows) for f in frames))
         self.commit_seconds.observe(seconds)
+        self.write_transactions.inc(result.transactions)
         for table, count in result.inserted.items():
             self.rows_stored.labels(table).inc(count)
         for table, count in result.merged.items():
             self.rows_merged.labels(table).inc(count)
         for reason, count in result.quarantined.items():
-            self.quarantined.labels(reason).inc(count)
+            self.quarantined.labels(quarantine_label(reason)).inc(count)
         if after_errors:
             self.database_recoveries.inc()
 

@@ -2,12 +2,16 @@
 
 A bad frame is quarantined whole; a bad record is quarantined alone and the frame's other
 records go on. Each step is a small function that raises :class:`Reject`.
+
+Memory per frame is bounded whatever it holds: at most ``max_frame_records`` records, at most
+:data:`KEEP_REFUSED` refused inputs kept whole (the rest are counted by reason in one summary
+each) and at most :data:`MAX_DROP_ENTRIES` drop counts from its header.
 """
 
 from __future__ import annotations
 
-import math
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -15,12 +19,25 @@ from typing import Any
 
 import msgpack
 
-from agent_shim.wire import PHASES, WireError, decode_frame
+from agent_shim.wire import PHASES, WireError, decode_frame, peek_batch_id
 
-from .tables import COSTS, DROPS, EDGES, EVENTS, NODES, RUNS, SESSIONS, Row, Table, clean_text
+from .tables import (COSTS, DROPS, EDGES, EVENTS, NODES, RUNS, SESSIONS, ColumnError, Row, Table,
+                     clean_text)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 MAX_TEXT = 10_000  # names, statuses, error messages: payloads go in jsonb columns
+MAX_FRAME_RECORDS = 10_000  # a shim sends at most 2,000 (CMBAGENT_BATCH_MAX_EVENTS)
+KEEP_REFUSED = 100  # refused inputs of one frame kept whole; the rest are counted
+MAX_DROP_ENTRIES = 1_000  # drop counts in one header (a shim reports one per run and reason)
+QUARANTINE_PAYLOAD_BYTES = 64 * 1024  # of a refused input, kept for inspection
+
+#: Every reason the collector gives, for metric labels; the database's own refusals are
+#: ``db_<SQLSTATE>``.
+REASONS = frozenset({
+    "oversize", "malformed", "bad_envelope", "unknown_version", "too_many_records",
+    "bad_record", "unknown_kind", "bad_value", "bad_header", "unknown_session", "unencodable",
+    "db_refused",
+})
 
 
 class Reject(ValueError):
@@ -34,58 +51,111 @@ class Reject(ValueError):
 
 @dataclass
 class Quarantined:
+    """Refused input kept for inspection; ``count`` > 1 for a summary of several."""
+
     reason: str
     detail: str
     payload: bytes
     sender: str | None = None
+    count: int = 1
+
+
+class Refusals:
+    """Refused inputs of one frame (or batch): the first :data:`KEEP_REFUSED` kept whole, the
+    rest only counted, by reason, so a frame of a million bad records costs no more memory, and
+    no more quarantine rows, than one of a hundred."""
+
+    def __init__(self, sender: str | None, keep: int = KEEP_REFUSED) -> None:
+        self.sender = sender
+        self.kept: list[Quarantined] = []
+        self._keep = keep
+        self._counted: Counter[str] = Counter()
+        self._samples: dict[str, tuple[str, bytes]] = {}
+
+    def add(self, reason: str, detail: str, value: Any) -> None:
+        """Keep (or count) one refused input; ``value`` is packed only when it is kept."""
+        if len(self.kept) < self._keep:
+            self.kept.append(Quarantined(reason, detail, _repack(value), self.sender))
+            return
+        if reason not in self._samples:
+            self._samples[reason] = (detail, _repack(value))
+        self._counted[reason] += 1
+
+    def items(self) -> list[Quarantined]:
+        """What is kept, then one summary per reason of what was only counted."""
+        summaries = [
+            Quarantined(reason, f"{count} more inputs refused for this reason, after the first "
+                        f"{self._keep} of their frame; one of them: {self._samples[reason][0]}",
+                        self._samples[reason][1], self.sender, count)
+            for reason, count in self._counted.items()]
+        return [*self.kept, *summaries]
 
 
 @dataclass
 class Decoded:
-    """One frame's outcome: its rows per table, what was refused, and who to ack."""
+    """One frame's outcome: its rows per table, what was refused, and who to answer.
+
+    ``batch_id`` is acknowledged after the commit; ``refused_id``, set when the whole frame is
+    refused and its id could still be read, is answered ``refused`` so its shim stops resending.
+    """
 
     identity: bytes
     batch_id: bytes | None
     rows: list[tuple[Table, Row]] = field(default_factory=list)
     quarantined: list[Quarantined] = field(default_factory=list)
+    refused_id: bytes | None = None
 
     @property
     def sender(self) -> str | None:
-        return self.batch_id[:8].hex() if self.batch_id else None
+        batch_id = self.batch_id or self.refused_id
+        return batch_id[:8].hex() if batch_id else None
+
+    @property
+    def records(self) -> int:
+        """Inputs this frame holds in memory, stored or refused (for the batch bound)."""
+        return len(self.rows) + sum(q.count for q in self.quarantined)
 
 
-def decode(identity: bytes, frame: bytes, max_frame_bytes: int) -> Decoded:
+def decode(identity: bytes, frame: bytes, max_frame_bytes: int,
+           max_frame_records: int = MAX_FRAME_RECORDS) -> Decoded:
     """Everything the collector needs from one received frame; never raises."""
     if len(frame) > max_frame_bytes:
-        return _refused(identity, frame, "oversize", f"{len(frame)} bytes > {max_frame_bytes}")
+        return refused(identity, frame, "oversize", f"{len(frame)} bytes > {max_frame_bytes}")
     try:
         batch_id, header, records = decode_frame(frame)
     except WireError as exc:
-        return _refused(identity, frame, exc.reason, exc.detail)
+        return refused(identity, frame, exc.reason, exc.detail)
+    if len(records) > max_frame_records:
+        return refused(identity, frame, "too_many_records",
+                       f"{len(records)} records > {max_frame_records}")
     decoded = Decoded(identity, batch_id)
+    refusals = Refusals(decoded.sender)
     for record in records:
         try:
             decoded.rows.append(to_row(record))
         except Reject as exc:
-            decoded.quarantined.append(
-                Quarantined(exc.reason, exc.detail, _repack(record), decoded.sender))
+            refusals.add(exc.reason, exc.detail, record)
     try:
         decoded.rows.extend(_drop_rows(header, decoded.sender or ""))
     except Reject as exc:
-        decoded.quarantined.append(Quarantined(exc.reason, exc.detail, _repack(header),
-                                               decoded.sender))
+        refusals.add(exc.reason, exc.detail, header)
+    decoded.quarantined = refusals.items()
     return decoded
 
 
-def _refused(identity: bytes, frame: bytes, reason: str, detail: str) -> Decoded:
-    return Decoded(identity, None, quarantined=[Quarantined(reason, detail, frame)])
+def refused(identity: bytes, frame: bytes, reason: str, detail: str) -> Decoded:
+    """A frame refused whole: quarantined (its head) and answered ``refused``."""
+    return Decoded(identity, None,
+                   quarantined=[Quarantined(reason, detail, frame[:QUARANTINE_PAYLOAD_BYTES])],
+                   refused_id=peek_batch_id(frame))
 
 
 def _repack(value: Any) -> bytes:
     try:
-        return msgpack.packb(value, use_bin_type=True, default=repr)
+        packed = msgpack.packb(value, use_bin_type=True, default=repr)
     except Exception:
-        return repr(value).encode(errors="replace")
+        packed = repr(value).encode(errors="replace")
+    return packed[:QUARANTINE_PAYLOAD_BYTES]
 
 
 # --- records → rows ------------------------------------------------------------------------
@@ -102,11 +172,14 @@ def to_row(record: Any) -> tuple[Table, Row]:
     if phase not in PHASES:
         raise Reject("bad_record", f"phase {phase!r}")
     try:
-        return convert(record, phase)
+        table, row = convert(record, phase)
+        return table, table.prepare(row)
     except Reject:
         raise
+    except ColumnError as exc:
+        raise Reject("bad_value", str(exc)) from None
     except Exception as exc:  # a converter's own bug must not stop the frame's other records
-        raise Reject("bad_record", f"{type(exc).__name__}: {exc}") from None
+        raise Reject("bad_record", f"{type(exc).__name__}: {exc}"[:500]) from None
 
 
 def _session(r: dict[str, Any], phase: str) -> tuple[Table, Row]:
@@ -183,15 +256,21 @@ def _drop_rows(header: dict[str, Any], sender: str) -> list[tuple[Table, Row]]:
     drops = header.get("drops") or []
     if not isinstance(drops, list):
         raise Reject("bad_header", "drops must be a list")
+    if len(drops) > MAX_DROP_ENTRIES:
+        raise Reject("bad_header", f"{len(drops)} drop entries > {MAX_DROP_ENTRIES}")
     now = datetime.now(timezone.utc)
     rows = []
     for entry in drops:
         if not (isinstance(entry, list) and len(entry) == 3):
             raise Reject("bad_header", f"drop entry {entry!r}"[:200])
         run, reason, count = entry
-        rows.append((DROPS, {"run_id": _as_uuid(run, "drops.run"), "sender": sender,
-                             "reason": clean_text(str(reason))[:100],
-                             "count": _as_int(count, "drops.count"), "updated_at": now}))
+        try:
+            rows.append((DROPS, DROPS.prepare({
+                "run_id": _as_uuid(run, "drops.run"), "sender": sender,
+                "reason": clean_text(str(reason))[:100], "count": _as_int(count, "drops.count"),
+                "updated_at": now})))
+        except ColumnError as exc:
+            raise Reject("bad_header", str(exc)) from None
     return rows
 
 
@@ -235,20 +314,18 @@ def _int(r: dict[str, Any], name: str) -> int | None:
 
 
 def _as_int(value: Any, name: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or abs(value) >= 2**63:
+    """An integer (its range is the column's to check)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
         raise Reject("bad_record", f"{name} must be an integer, not {value!r}"[:200])
     return value
 
 
 def _float(r: dict[str, Any], name: str) -> float | None:
+    """A number (its range is the column's to check)."""
     value = r.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise Reject("bad_record", f"{name} must be a finite number, not {value!r}"[:200])
-    return float(value)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise Reject("bad_record", f"{name} must be a number, not {value!r}"[:200])
+    return value
 
 
 def _meta(r: dict[str, Any]) -> dict[str, Any] | None:

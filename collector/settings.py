@@ -33,10 +33,14 @@ class Settings:
     data_dir: Path = field(default_factory=default_data_dir)
     migrate: bool = True
     max_frame_bytes: int = 8 * 1024 * 1024  # larger frames are quarantined (reason "oversize")
-    max_message_bytes: int = 32 * 1024 * 1024  # larger ones are refused before they are read
-    batch_max_events: int = 5_000
+    # Larger messages are refused: single-part ones by ZeroMQ before they are read, multipart
+    # ones (the limit is their total) part by part, keeping nothing past the limit.
+    max_message_bytes: int = 32 * 1024 * 1024
+    max_frame_records: int = 10_000  # frames with more records are refused whole
+    batch_max_events: int = 5_000  # records (stored or refused) per committed batch
+    batch_max_bytes: int = 16 * 1024 * 1024  # frame bytes decoded per committed batch
     batch_delay: float = 0.005
-    max_pending_bytes: int = 256 * 1024 * 1024
+    max_pending_bytes: int = 256 * 1024 * 1024  # frames held undecoded; then reading stops
     shutdown_timeout: float = 10.0
     pool_size: int = 4
     metrics_bind: str | None = None  # HOST:PORT of /livez, /readyz, /metrics; off when unset

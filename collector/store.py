@@ -2,14 +2,19 @@
 
 Error families decide what happens to a batch:
 
-- the server refused the *data* (SQLSTATE classes 22, 23, 54): the batch is split until the one
-  row it refuses is found, and that row is quarantined; the rest is stored;
+- the server refused the *data* (SQLSTATE classes 22, 23, 54), or encoding it here failed (a
+  value the pipeline's checks let through by mistake): the batch is split in halves until the
+  rows it refuses are found, and those are quarantined; the rest is stored. Splitting has a
+  budget of transactions that grows with log(rows): once it is spent, a piece that still fails
+  is quarantined whole, so a frame refused row by row costs tens of transactions, not
+  thousands;
 - anything else (connection lost, server restarting, out of resources): :meth:`Store.write`
   raises, nothing is acknowledged, and the daemon retries the same batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections import Counter
@@ -18,13 +23,15 @@ from typing import Any
 
 import asyncpg
 
-from .pipeline import Decoded, Quarantined
-from .tables import RUNS, WRITE_ORDER, Row, Table
+from .pipeline import QUARANTINE_PAYLOAD_BYTES, Decoded, Quarantined, Refusals
+from .tables import RUNS, WRITE_ORDER, Row, Table, clean_text
 
 log = logging.getLogger(__name__)
 
 DATA_ERRORS = ("22", "23", "54")  # data exception, integrity, program limit (e.g. row too big)
-QUARANTINE_PAYLOAD_BYTES = 64 * 1024
+#: Errors raised while encoding rows here: they belong to the data, never to the connection.
+LOCAL_DATA_ERRORS = (asyncpg.DataError, ValueError, TypeError, OverflowError, RecursionError)
+SPLIT_BUDGET_PER_LEVEL = 4  # transactions per halving level (log2 of the rows) to find bad rows
 
 _QUARANTINE_SQL = """
 INSERT INTO quarantine (digest, reason, detail, sender, payload, payload_size)
@@ -44,15 +51,19 @@ class WriteResult:
     inserted: Counter[str] = field(default_factory=Counter)
     merged: Counter[str] = field(default_factory=Counter)
     quarantined: Counter[str] = field(default_factory=Counter)
+    transactions: int = 0  # attempted, committed or not
 
     def add(self, other: WriteResult) -> None:
         self.inserted.update(other.inserted)
         self.merged.update(other.merged)
         self.quarantined.update(other.quarantined)
+        self.transactions += other.transactions
 
 
 def is_data_error(exc: BaseException) -> bool:
-    return isinstance(exc, asyncpg.PostgresError) and (exc.sqlstate or "")[:2] in DATA_ERRORS
+    if isinstance(exc, asyncpg.PostgresError):
+        return (exc.sqlstate or "")[:2] in DATA_ERRORS
+    return isinstance(exc, LOCAL_DATA_ERRORS)
 
 
 class Store:
@@ -81,30 +92,44 @@ class Store:
         return self._pool
 
     async def write(self, frames: list[Decoded]) -> WriteResult:
-        """Store the frames in one transaction (bisecting around rows the server refuses)."""
+        """Store the frames in one transaction (splitting around rows the server refuses)."""
+        result = WriteResult(transactions=1)
         try:
-            return await self._write_once(frames)
-        except asyncpg.PostgresError as exc:
+            result.add(await self._write_once(frames))
+            return result
+        except Exception as exc:
             if not is_data_error(exc):
                 raise
-            return await self._write_split(frames, exc)
-
-    async def _write_split(self, frames: list[Decoded], exc: asyncpg.PostgresError) -> WriteResult:
-        pieces = _split(frames)
-        if pieces is None:  # one row, and the server refuses it
-            frame = frames[0]
-            table, row = frame.rows[0]
-            reason = f"db_{exc.sqlstate}"
-            log.warning("the database refused a %s row (%s: %s); it is quarantined",
-                        table.name, exc.sqlstate, exc)
-            refused = Quarantined(reason, f"{table.name}: {exc}"[:2000],
-                                  repr(row).encode(errors="replace"), frame.sender)
-            return await self._write_once(
-                [Decoded(frame.identity, frame.batch_id, [], [*frame.quarantined, refused])])
-        result = WriteResult()
-        for piece in pieces:
-            result.add(await self.write(piece))
+            log.warning("a batch of %d rows was refused (%s: %s); finding the rows",
+                        _row_count(frames), type(exc).__name__, exc)
+            refused = await self._write_around_refusals(frames, exc, result)
+        quarantined = [q for f in frames for q in f.quarantined] + refused
+        result.transactions += 1
+        result.add(await self._write_once([Decoded(b"", None, [], quarantined)]))
         return result
+
+    async def _write_around_refusals(self, frames: list[Decoded], error: Exception,
+                                     result: WriteResult) -> list[Quarantined]:
+        """Store every piece the server takes, halving the ones it refuses while the budget
+        lasts; what it still refuses is returned, to be quarantined."""
+        budget = SPLIT_BUDGET_PER_LEVEL * max(1, _row_count(frames).bit_length())
+        refused: list[Quarantined] = []
+        pending = [(frames, error)]  # pieces known to fail, with their error
+        while pending:
+            piece, error = pending.pop()
+            if _row_count(piece) == 1 or budget < 2:
+                refused.extend(_refusal(piece, error))
+                continue
+            for half in _halves(piece):
+                budget -= 1
+                result.transactions += 1
+                try:
+                    result.add(await self._write_once(half))
+                except Exception as exc:
+                    if not is_data_error(exc):
+                        raise
+                    pending.append((half, exc))
+        return refused
 
     async def _write_once(self, frames: list[Decoded]) -> WriteResult:
         result = WriteResult()
@@ -121,7 +146,8 @@ class Store:
                     result.merged[table.name] += total - inserted
             if quarantined:
                 await _quarantine(connection, quarantined)
-        result.quarantined.update(q.reason for q in quarantined)
+        for item in quarantined:
+            result.quarantined[item.reason] += item.count
         return result
 
     async def schema_revision(self) -> str | None:
@@ -137,17 +163,40 @@ async def _prepare_connection(connection: asyncpg.Connection) -> None:
         await connection.execute(table.create_stage_sql())
 
 
-def _split(frames: list[Decoded]) -> list[list[Decoded]] | None:
-    """Halve a batch: by frames, then a frame's rows; ``None`` when it is a single row."""
-    if len(frames) > 1:
-        middle = len(frames) // 2
-        return [frames[:middle], frames[middle:]]
-    frame = frames[0]
-    if len(frame.rows) <= 1:
-        return None
-    middle = len(frame.rows) // 2
-    return [[Decoded(frame.identity, frame.batch_id, frame.rows[:middle], frame.quarantined)],
-            [Decoded(frame.identity, frame.batch_id, frame.rows[middle:], [])]]
+def _row_count(frames: list[Decoded]) -> int:
+    return sum(len(f.rows) for f in frames)
+
+
+def _halves(frames: list[Decoded]) -> tuple[list[Decoded], list[Decoded]]:
+    """The rows in two pieces of half each (a frame cut in two if need be), without the
+    frames' quarantined inputs: those are written once, after the rows."""
+    remaining = _row_count(frames) // 2
+    first: list[Decoded] = []
+    second: list[Decoded] = []
+    for frame in frames:
+        cut = min(len(frame.rows), remaining)
+        remaining -= cut
+        if cut:
+            first.append(dataclasses.replace(frame, rows=frame.rows[:cut], quarantined=[]))
+        if cut < len(frame.rows):
+            second.append(dataclasses.replace(frame, rows=frame.rows[cut:], quarantined=[]))
+    return first, second
+
+
+def _refusal(piece: list[Decoded], error: Exception) -> list[Quarantined]:
+    """A piece the server refuses, quarantined: its one row, or its rows counted per frame."""
+    reason = f"db_{error.sqlstate}" if isinstance(error, asyncpg.PostgresError) else "unencodable"
+    detail = f"{type(error).__name__}: {error}"[:2000]
+    log.warning("quarantined %d rows the database refuses (%s)", _row_count(piece), detail)
+    refusals = []
+    for frame in piece:
+        table, row = frame.rows[0]
+        count = len(frame.rows)
+        what = f"{table.name} row" if count == 1 else f"{count} rows refused together (the " \
+            f"first is kept; the search for the bad ones ran out of budget)"
+        refusals.append(Quarantined(reason, f"{what}: {detail}", repr(row).encode(
+            errors="replace")[:QUARANTINE_PAYLOAD_BYTES], frame.sender, count))
+    return refusals
 
 
 def _merged_rows(frames: list[Decoded]) -> dict[Table, dict[tuple[Any, ...], Row]]:
@@ -187,17 +236,18 @@ async def _resolve_sessions(connection: asyncpg.Connection,
         for record in await connection.fetch(_RUN_SESSIONS_SQL, list(missing)):
             sessions[record["id"]] = record["session_id"]
     unknown = referenced - sessions.keys()
+    refusals = Refusals(None)
     for table, table_rows in rows.items():
         for key, row in list(table_rows.items()):
             run = _run_of(table, row)
             if run in unknown:
                 del table_rows[key]
-                quarantined.append(Quarantined(
-                    "unknown_session", f"{table.name} row of run {run}: the run is not stored "
-                    "and no session was given (set CMBAGENT_SESSION_ID with CMBAGENT_RUN_ID)",
-                    repr(row).encode(errors="replace")))
+                refusals.add("unknown_session", f"{table.name} row of run {run}: the run is not "
+                             "stored and no session was given (set CMBAGENT_SESSION_ID with "
+                             "CMBAGENT_RUN_ID)", row)
             elif "session_id" in row and row["session_id"] is None:
                 row["session_id"] = sessions[run]
+    quarantined.extend(refusals.items())
     return sessions
 
 
@@ -223,9 +273,10 @@ async def _upsert(connection: asyncpg.Connection, table: Table,
 async def _quarantine(connection: asyncpg.Connection, items: list[Quarantined]) -> None:
     unique: dict[bytes, Quarantined] = {}
     for item in items:
-        unique.setdefault(hashlib.sha256(f"{item.reason}\0".encode() + item.payload).digest(), item)
+        key = f"{item.reason}\0{item.detail if item.count > 1 else ''}\0".encode()
+        unique.setdefault(hashlib.sha256(key + item.payload).digest(), item)
     await connection.execute(
         _QUARANTINE_SQL, list(unique), [q.reason for q in unique.values()],
-        [q.detail[:2000] for q in unique.values()], [q.sender for q in unique.values()],
-        [q.payload[:QUARANTINE_PAYLOAD_BYTES] for q in unique.values()],
+        [clean_text(q.detail)[:2000] for q in unique.values()],
+        [q.sender for q in unique.values()], [q.payload for q in unique.values()],
         [len(q.payload) for q in unique.values()])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +42,13 @@ def _greatest(old: Any, new: Any) -> Any:
 
 
 def _merge(old: Any, new: Any) -> Any:
-    return {**(old or {}), **(new or {})}
+    # Both are JSON object texts (jsonb is encoded per record, see ``Column.prepare``). jsonb
+    # keeps the last of duplicate keys, so joining the two objects is ``{**old, **new}``.
+    if old is None or old == _EMPTY:
+        return new
+    if new is None or new == _EMPTY:
+        return old
+    return f"{old[:-1]},{new[1:]}"
 
 
 def _status(old: Any, new: Any) -> Any:
@@ -67,12 +74,30 @@ RULES: dict[str, tuple[Callable[[Any, Any], Any], str]] = {
 }
 
 
+class ColumnError(ValueError):
+    """A value its column cannot hold; the message names the column and its limit."""
+
+
+#: jsonb values nested deeper are refused: Python's encoder, PostgreSQL's parser and every
+#: reader recurse per level (msgpack itself stops near 1,000).
+JSONB_MAX_DEPTH = 256
+
+
 @dataclass(frozen=True)
 class Column:
     name: str
-    type: str  # the staging type; jsonb is staged as text and cast on insert
+    type: str  # as declared in the migrations; jsonb is staged as text and cast on insert
     rule: str = "key"
     default: Any = None  # used when a merged row still has no value
+
+    @functools.cached_property
+    def prepare(self) -> Callable[[Any], Any]:
+        """A value as stored, checked against this column's type: raises :class:`ColumnError`."""
+        return _checker(self.type)
+
+    @property
+    def stage_type(self) -> str:
+        return "text" if self.type == "jsonb" else self.type
 
 
 @dataclass(frozen=True, eq=False)  # one instance per table: identity is equality, hashing is free
@@ -92,21 +117,28 @@ class Table:
         return {c.name: RULES[c.rule][0](old.get(c.name), new.get(c.name)) if c.rule != "key"
                 else old[c.name] for c in self.columns}
 
+    def prepare(self, row: Row) -> Row:
+        """The row as stored (jsonb encoded, text cleaned), every value checked against its
+        column's declared type; raises :class:`ColumnError` naming the column."""
+        for column in self.columns:
+            value = row.get(column.name)
+            if value is not None:
+                try:
+                    row[column.name] = column.prepare(value)
+                except ColumnError as exc:
+                    raise ColumnError(f"{self.name}.{column.name}: {exc}") from None
+        return row
+
     def as_tuple(self, row: Row, order: int) -> tuple[Any, ...]:
-        """The row as staged for COPY: defaults filled, JSON encoded."""
+        """A prepared row as staged for COPY, defaults filled."""
         values = []
         for column in self.columns:
             value = row.get(column.name)
-            if value is None:
-                value = column.default
-            elif column.type == "jsonb":
-                value = jsonb_text(value)
-            values.append(value)
+            values.append(column.default if value is None else value)
         return (*values, order)
 
     def create_stage_sql(self) -> str:
-        cols = ", ".join(f'"{c.name}" {"text" if c.type == "jsonb" else c.type}'
-                         for c in self.columns)
+        cols = ", ".join(f'"{c.name}" {c.stage_type}' for c in self.columns)
         return f"CREATE TEMP TABLE IF NOT EXISTS {self.stage} ({cols}, ord integer) ON COMMIT DELETE ROWS"
 
     def upsert_sql(self) -> str:
@@ -137,14 +169,83 @@ _encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",",
 
 
 def jsonb_text(value: Any) -> str:
-    """JSON text PostgreSQL's jsonb accepts: no NUL (not even escaped), no NaN, text keys."""
+    """JSON text PostgreSQL's jsonb accepts: no NUL (not even escaped), no NaN, text keys, at
+    most :data:`JSONB_MAX_DEPTH` levels deep; raises :class:`ColumnError` otherwise."""
     try:
-        text = _encode(value)
-    except (TypeError, ValueError):
-        text = None
-    if text is None or "\\u0000" in text:
-        text = json.dumps(_jsonable(value), ensure_ascii=False, separators=(",", ":"))
+        try:
+            text = _encode(value)
+        except (TypeError, ValueError):
+            text = None
+        if text is None or "\\u0000" in text:
+            text = json.dumps(_jsonable(value), ensure_ascii=False, separators=(",", ":"))
+    except RecursionError:
+        raise ColumnError(f"nested deeper than {JSONB_MAX_DEPTH} levels") from None
+    # Each level costs two characters: short texts cannot be too deep.
+    if len(text) > 2 * JSONB_MAX_DEPTH and _depth_exceeds(value, JSONB_MAX_DEPTH):
+        raise ColumnError(f"nested deeper than {JSONB_MAX_DEPTH} levels")
     return text
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]  # iterative: the value may be nested deeper than Python recurses
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in
+                         (item.values() if isinstance(item, dict) else item))
+    return False
+
+
+# --- what each declared type can hold --------------------------------------------------------
+
+_INTEGER_BITS = {"smallint": 16, "integer": 32, "bigint": 64}
+_NUMERIC = re.compile(r"numeric\((\d+), *(\d+)\)")
+
+
+def _checker(declared: str) -> Callable[[Any], Any]:
+    if declared in _INTEGER_BITS:
+        return functools.partial(_check_integer, 1 << (_INTEGER_BITS[declared] - 1), declared)
+    if declared in ("float8", "double precision"):
+        return functools.partial(_check_number, math.inf, declared)
+    if numeric := _NUMERIC.fullmatch(declared):
+        precision, scale = map(int, numeric.groups())
+        return functools.partial(_check_number, 10.0 ** (precision - scale), declared)
+    if declared == "text":
+        return _check_text
+    if declared == "jsonb":
+        return jsonb_text
+    if declared in ("uuid", "timestamptz"):
+        return _same  # made by the pipeline from checked wire values
+    raise ValueError(f"no check for the column type {declared!r}: add one to tables.py")
+
+
+def _check_integer(bound: int, declared: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ColumnError(f"{value!r} is not an integer"[:200])
+    if not -bound <= value < bound:
+        raise ColumnError(f"{value} is outside the {declared} range [{-bound}, {bound - 1}]")
+    return value
+
+
+def _check_number(bound: float, declared: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ColumnError(f"{value!r} is not a number"[:200])
+    if not abs(value) < bound:  # also false for NaN
+        limit = "finite" if bound == math.inf else f"below {bound:g} in magnitude"
+        raise ColumnError(f"{value!r} is not {limit} ({declared})")
+    return float(value)
+
+
+def _check_text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ColumnError(f"{type(value).__name__} is not text")
+    return clean_text(value)
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def _jsonable(value: Any) -> Any:
@@ -230,7 +331,7 @@ COSTS = Table("cost_records", (
     Column("prompt_tokens", "bigint", "keep"),
     Column("completion_tokens", "bigint", "keep"),
     Column("total_tokens", "bigint", "keep"),
-    Column("cost_usd", "float8", "keep"),
+    Column("cost_usd", "numeric(20, 10)", "keep"),
     Column("timestamp", "timestamptz", "least"),
 ))
 DROPS = Table("dropped_events", (
