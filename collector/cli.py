@@ -10,10 +10,11 @@ import logging.config
 import sys
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .queries import _positive, add_commands
 from .settings import Settings, SettingsError, redact_dsn
 
 log = logging.getLogger("collector")
@@ -37,12 +38,13 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from .store import Store
 
     dsn, _server = database(settings)
+    _run_async(_with_retries(lambda: _probe(dsn), dsn))
     if settings.migrate:
         schema.upgrade(dsn)
     store = Store(dsn, settings.pool_size)
 
     async def run() -> None:
-        await _open_with_retries(store, dsn)
+        await _with_retries(store.open, dsn)
         try:
             await Collector(settings, store).serve()
         finally:
@@ -75,10 +77,12 @@ def _prune(settings: Settings, args: argparse.Namespace) -> int:
 
     from . import prune
 
-    if not args.older_than and not args.run:
-        raise SystemExit("prune: say what to remove: --older-than AGE and/or --run ID")
+    if not (args.older_than or args.run or args.quarantine_older_than):
+        raise SystemExit("prune: say what to remove: --older-than AGE and/or --run ID, "
+                         "or --quarantine-older-than AGE")
     try:
-        age = prune.parse_age(args.older_than) if args.older_than else None
+        age, quarantine_age = (prune.parse_age(text) if text else None
+                               for text in (args.older_than, args.quarantine_older_than))
     except ValueError as exc:
         raise SystemExit(f"prune: {exc}") from None
     dsn, _server = database(settings)
@@ -86,16 +90,13 @@ def _prune(settings: Settings, args: argparse.Namespace) -> int:
     async def run() -> None:
         connection = await asyncpg.connect(dsn)
         try:
-            runs = await prune.select_runs(connection, older_than=age, run_ids=args.run)
-            for candidate in runs:
-                print(f"{'would remove' if args.dry_run else 'removing'} run {candidate.run_id} "
-                      f"({candidate.status}, started {candidate.started_at}, "
-                      f"{candidate.events} events)")
-            if not args.dry_run:
-                removed = await prune.prune(connection, runs, args.batch_size)
-                print(f"removed {len(runs)} runs ({removed} rows)")
-            else:
-                print(f"dry run: {len(runs)} runs would be removed")
+            if age or args.run:
+                await _prune_runs(connection, age, args)
+            if quarantine_age:
+                removed = await prune.prune_quarantine(connection, quarantine_age,
+                                                       args.batch_size, dry_run=args.dry_run)
+                print(f"{'dry run: would remove' if args.dry_run else 'removed'} {removed} "
+                      f"quarantined inputs last seen more than {args.quarantine_older_than} ago")
         finally:
             await connection.close()
 
@@ -103,14 +104,42 @@ def _prune(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _prune_runs(connection: Any, age: Any, args: argparse.Namespace) -> None:
+    from . import prune
+
+    runs = await prune.select_runs(connection, older_than=age, run_ids=args.run)
+    for candidate in runs:
+        print(f"{'would remove' if args.dry_run else 'removing'} run {candidate.run_id} "
+              f"({candidate.status}, started {candidate.started_at}, {candidate.events} events)")
+    if args.dry_run:
+        print(f"dry run: {len(runs)} runs would be removed")
+    else:
+        removed = await prune.prune(connection, runs, args.batch_size)
+        print(f"removed {len(runs)} runs ({removed} rows)")
+
+
 def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    import tempfile
+
     import zmq.auth
 
-    args.directory.mkdir(parents=True, exist_ok=True)
-    public_file, secret_file = zmq.auth.create_certificates(args.directory, args.name)
-    Path(secret_file).chmod(0o600)
-    public = zmq.auth.load_certificate(public_file)[0].decode()
-    print(f"public key file: {public_file}\nsecret key file: {secret_file}\npublic key: {public}")
+    directory: Path = args.directory
+    targets = [directory / f"{args.name}.key", directory / f"{args.name}.key_secret"]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not args.force:
+        raise SystemExit(f"keys: {' and '.join(existing)} exist; agents and collectors using "
+                         "them would be locked out. Use another --name, or --force to replace")
+    directory.mkdir(parents=True, exist_ok=True)
+    # Made in a private (0700) directory, then moved into place with their final modes: the
+    # secret is never readable by others, not even while it is written.
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".keys-") as private:
+        public_file, secret_file = map(Path, zmq.auth.create_certificates(private, args.name))
+        secret_file.chmod(0o600)
+        public_file.chmod(0o644)
+        for made, target in zip((public_file, secret_file), targets):
+            made.replace(target)
+    public = zmq.auth.load_certificate(targets[0])[0].decode()
+    print(f"public key file: {targets[0]}\nsecret key file: {targets[1]}\npublic key: {public}")
     return 0
 
 
@@ -123,17 +152,33 @@ def database(settings: Settings) -> tuple[str, Any]:
     return start_embedded(settings.data_dir)
 
 
-async def _open_with_retries(store: Any, dsn: str, attempts: int = 10) -> None:
+async def _probe(dsn: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(dsn, timeout=10)
+    await connection.close()
+
+
+async def _with_retries(connect: Callable[[], Awaitable[None]], dsn: str,
+                        attempts: int = 10) -> None:
+    """``connect()``, retried while the server is unreachable or starting (about 9 s in all);
+    then, or at once for an error retrying cannot mend, a one-line exit."""
+    import asyncpg
+
     for attempt in range(1, attempts + 1):
         try:
-            await store.open()
+            await connect()
             return
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError) as exc:
             if attempt == attempts:
-                raise SystemExit(f"cannot connect to {redact_dsn(dsn)}: {exc}") from None
+                raise SystemExit(f"cannot connect to {redact_dsn(dsn)} after {attempts} "
+                                 f"attempts ({exc}); is PostgreSQL running there?") from None
             log.warning("cannot connect to %s (%s); %d retries remaining", redact_dsn(dsn), exc,
                         attempts - attempt)
             await asyncio.sleep(min(2.0, 0.2 * attempt))
+        except asyncpg.PostgresError as exc:  # refused: wrong password, no such database, ...
+            raise SystemExit(f"the database at {redact_dsn(dsn)} refused the collector: "
+                             f"{exc}") from None
 
 
 def _run_async(coroutine: Any) -> None:
@@ -196,7 +241,9 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--run", action="append", type=uuid.UUID, metavar="ID",
                        help="a run to remove, repeatable")
     prune.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
-    prune.add_argument("--batch-size", type=int, default=5000,
+    prune.add_argument("--quarantine-older-than", metavar="AGE",
+                       help="also remove quarantined inputs last seen more than AGE ago")
+    prune.add_argument("--batch-size", type=_positive, default=5000,
                        help="rows deleted per transaction (default 5000)")
     prune.set_defaults(command=_prune)
 
@@ -204,6 +251,8 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("directory", type=Path)
     keys.add_argument("--name", default="collector",
                       help="file name stem: NAME.key (public) and NAME.key_secret")
+    keys.add_argument("--force", action="store_true",
+                      help="replace an existing key pair of that name (its users are locked out)")
     keys.set_defaults(command=_keys)
 
     migrate = commands.add_parser("migrate", help="apply the schema migrations")
@@ -213,8 +262,6 @@ def _parser() -> argparse.ArgumentParser:
     downgrade = commands.add_parser("downgrade", help="revert schema migrations")
     downgrade.add_argument("revision", nargs="?", default="base")
     downgrade.set_defaults(command=_downgrade)
-
-    from .queries import add_commands
 
     add_commands(commands)
     return parser

@@ -1,4 +1,5 @@
-"""Retention: remove runs with everything they own, a bounded batch per transaction.
+"""Retention: remove runs with everything they own, and old quarantined inputs, a bounded
+batch per transaction.
 
 Each transaction deletes at most ``batch_size`` rows of one table, so ingestion, which takes
 its own row locks on other rows, is never held up for long. Sessions left with no run go too.
@@ -67,10 +68,38 @@ async def prune(connection: asyncpg.Connection, runs: list[Candidate], batch_siz
     return removed
 
 
+_QUARANTINE_SLICE = """
+DELETE FROM quarantine WHERE id = ANY(ARRAY(
+    SELECT id FROM quarantine WHERE last_seen < now() - $1::interval LIMIT $2))
+"""
+_QUARANTINE_COUNT = "SELECT count(*) FROM quarantine WHERE last_seen < now() - $1::interval"
+
+
+async def prune_quarantine(connection: asyncpg.Connection, older_than: timedelta,
+                           batch_size: int, *, dry_run: bool = False) -> int:
+    """Remove quarantined inputs last seen more than ``older_than`` ago; returns how many
+    (with ``dry_run``, how many would go)."""
+    if dry_run:
+        return int(await connection.fetchval(_QUARANTINE_COUNT, older_than))
+    removed = 0
+    while True:
+        count = int((await connection.execute(_QUARANTINE_SLICE, older_than, batch_size))
+                    .split()[-1])
+        removed += count
+        if count < batch_size:
+            return removed
+
+
+_UNIT_SECONDS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+MAX_AGE = timedelta(days=36_525)  # a century: older cut-offs overflow dates
+
+
 def parse_age(text: str) -> timedelta:
-    """``30d``, ``12h``, ``90m`` or ``45s``."""
-    units = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+    """``30d``, ``12h``, ``90m`` or ``45s``: at most a century."""
     number, unit = text[:-1], text[-1:]
-    if unit not in units or not number.isdigit():
+    if unit not in _UNIT_SECONDS or not number.isdigit():
         raise ValueError(f"age {text!r} is not a number followed by d, h, m or s (e.g. 30d)")
-    return timedelta(**{units[unit]: int(number)})
+    seconds = int(number) * _UNIT_SECONDS[unit]
+    if seconds > MAX_AGE.total_seconds():
+        raise ValueError(f"age {text!r} is more than a century (at most {MAX_AGE.days}d)")
+    return timedelta(seconds=seconds)

@@ -88,7 +88,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     events.add_argument("--node", help="only this node and its sub-agent nodes: a node id, a "
                         "name (step_3) or a path (step_3/engineer), as `tree` shows them")
     events.add_argument("--type", dest="event_type", help="only this event_type")
-    events.add_argument("--after", type=int, default=0, metavar="ORDER",
+    events.add_argument("--after", type=_execution_order, default=0, metavar="ORDER",
                         help="start after this execution_order (the next page)")
     events.add_argument("--limit", type=_positive, default=50, help="page size (default 50)")
     _json_flag(events)
@@ -103,6 +103,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, not {value}")
+    return value
+
+
+def _execution_order(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**63:  # execution_order is a bigint
+        raise argparse.ArgumentTypeError(f"an execution_order is 0 to {2**63 - 1}, not {value}")
     return value
 
 

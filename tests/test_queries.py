@@ -260,3 +260,11 @@ def test_a_runs_tree_and_timeline_page_take_milliseconds_among_a_million_events(
     print(" ".join(f"{k}={v:.1f}ms" for k, v in timings.items()))
     assert timings["tree"] < 100, timings
     assert max(timings["page"], timings["node page"], timings["type page"]) < 20, timings
+
+
+def test_events_refuses_an_after_beyond_execution_orders(stored: tuple[str, str]) -> None:
+    dsn, run = stored
+    result = cli(dsn, "events", run, "--after", "99999999999999999999")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "an execution_order is 0 to 9223372036854775807, not 99999999999999999999" \
+        in result.stderr
