@@ -6,11 +6,11 @@ is a :class:`~agent_shim.tracker.DisabledTracker`: no thread, no socket, nothing
 
 from __future__ import annotations
 
-import atexit
 import os
 import threading
 from typing import Union
 
+from . import lifecycle
 from .config import ShimSettings
 from .tracker import DisabledTracker, Tracker
 
@@ -37,8 +37,13 @@ def _create(settings: ShimSettings) -> AnyTracker:
     from .sender import Sender
 
     tracker = Tracker(settings, Sender(settings))
-    atexit.register(tracker.shutdown)
+    lifecycle.watch(tracker)
     return tracker
+
+
+def _before_fork() -> None:
+    if isinstance(_tracker, Tracker):
+        lifecycle.before_fork(_tracker)
 
 
 def _forget_in_child() -> None:
@@ -50,4 +55,4 @@ def _forget_in_child() -> None:
         _tracker.after_fork()
 
 
-os.register_at_fork(after_in_child=_forget_in_child)
+os.register_at_fork(before=_before_fork, after_in_child=_forget_in_child)

@@ -9,8 +9,11 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
+
+Number = TypeVar("Number", int, float)
 
 COLLECTOR_URL = "CMBAGENT_COLLECTOR_URL"
 """ZeroMQ endpoint(s) of the collector; unset or empty turns capture off entirely."""
@@ -22,6 +25,10 @@ SPOOL_DIR = "CMBAGENT_SPOOL_DIR"
 """Where undelivered frames wait on disk (default: the user's state directory)."""
 SPOOL_MAX_BYTES = "CMBAGENT_SPOOL_MAX_BYTES"
 QUEUE_SIZE = "CMBAGENT_QUEUE_SIZE"
+"""The in-memory queue's bound in records (default 100,000)."""
+QUEUE_MAX_BYTES = "CMBAGENT_QUEUE_MAX_BYTES"
+"""The in-memory queue's bound in payload bytes (default 64 MiB); past half of it (or of the
+record bound) while the collector lags, events spill to the spool; past it, they are dropped."""
 EXIT_TIMEOUT = "CMBAGENT_EXIT_TIMEOUT"
 """Seconds process exit waits for delivery before spooling the rest (default 2)."""
 ACK_TIMEOUT = "CMBAGENT_ACK_TIMEOUT"
@@ -51,6 +58,7 @@ class ShimSettings:
     spool_dir: Path = field(default_factory=lambda: default_state_dir() / "spool")
     spool_max_bytes: int = 512 * 1024 * 1024
     queue_size: int = 100_000
+    queue_max_bytes: int = 64 * 1024 * 1024
     exit_timeout: float = 2.0
     ack_timeout: float = 10.0
     batch_max_events: int = 2_000
@@ -79,6 +87,7 @@ class ShimSettings:
             spool_dir=Path(env[SPOOL_DIR]) if env.get(SPOOL_DIR) else defaults.spool_dir,
             spool_max_bytes=_number(env, SPOOL_MAX_BYTES, int, defaults.spool_max_bytes),
             queue_size=_number(env, QUEUE_SIZE, int, defaults.queue_size),
+            queue_max_bytes=_number(env, QUEUE_MAX_BYTES, int, defaults.queue_max_bytes),
             exit_timeout=_number(env, EXIT_TIMEOUT, float, defaults.exit_timeout),
             ack_timeout=_number(env, ACK_TIMEOUT, float, defaults.ack_timeout),
             max_field_chars=_number(env, MAX_FIELD_CHARS, int, defaults.max_field_chars),
@@ -90,14 +99,14 @@ class ShimSettings:
         )
 
 
-def _number(env: dict[str, str], name: str, kind: type[int] | type[float], default: float) -> float:
+def _number(env: dict[str, str], name: str, kind: type[Number], default: Number) -> Number:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
         value = kind(raw)
     except ValueError:
-        value = -1
+        value = kind(-1)
     if value < 0:
         log.warning("%s=%r is not a non-negative %s; using %s", name, raw, kind.__name__, default)
         return default

@@ -1,20 +1,30 @@
 """The sender: one bounded queue, one daemon thread that owns the ZeroMQ socket and the spool.
 
-Callers only append to the queue (and, when the thread sleeps, write one byte to wake it). The
-thread cleans and packs records into frames, sends them over a DEALER socket, and keeps every
-frame until the collector acknowledges it after its database commit:
+Callers only append to the queue (and, when the thread sleeps or the queue passes half its byte
+bound, write one byte to wake it). The thread cleans and packs records into frames, sends them
+over a DEALER socket, and keeps every frame until the collector acknowledges it after its
+database commit. Every record handed over ends in one of three places: the database, the spool
+(delivered by a later process), or a drop count that travels in frame headers to its stored run:
 
 - a window of frames in flight; a frame is sent again after ``ack_timeout`` or when the
-  connection was lost, and the collector stores each event once, so that is harmless;
-- when the window is full and the queue passes half its bound (the collector is slow or away),
-  the oldest events are packed into frames on disk (the spool) and sent from there later;
-- at exit, it waits up to ``exit_timeout`` for acks, then spools what is still unacknowledged;
-- only when the queue is full, or the spool is full, are events dropped; the counts per run
-  travel in every frame header to the stored run.
+  connection was lost, and the collector stores each event once, so that is harmless. A frame
+  the collector refuses, or ignores through ``_MAX_IGNORED`` resends while it acknowledges
+  others, is given up and counted;
+- when the window is full and the queue passes half its bound (in records or in payload bytes),
+  the oldest events are packed into frames on disk (the spool) and sent from there later; at the
+  bound, events are dropped;
+- at exit, it delivers until shortly before the deadline, then spools what is left: frames as
+  they are, and queued records it had no time to clean as raw files that the process that adopts
+  them cleans before sending; what the deadline or the disk does not allow is counted, and the
+  counts are written in room reserved for them;
+- if the thread dies (wrong Curve settings, for instance), the error is logged once, what it held
+  is spooled, later records are kept within the bounds and spooled at exit for a process that
+  can deliver them, and ``flush`` returns False.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import socket as _socket
@@ -25,20 +35,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import zmq
 import zmq.auth
+from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
-from .config import ShimSettings
-from .payload import Cleaner
-from .spool import Spool
-from .wire import ACK, MAX_FRAME_BYTES, decode_reply, encode_frame, pack_record
+from .config import CURVE_SECRET_KEY_FILE, CURVE_SERVER_KEY, ShimSettings
+from .payload import PAYLOAD_FIELDS, Cleaner
+from .spool import Kind, Spool, SpoolFile
+from .wire import (ACK, MAX_FRAME_BYTES, REFUSED, WireError, decode_frame, decode_reply,
+                   encode_frame, pack_record)
 
 log = logging.getLogger(__name__)
 
 Record = dict[str, Any]
 _MAX_RECORD_BYTES = MAX_FRAME_BYTES // 2
 _MONITORED = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+#: Resends of one frame, each while the collector acknowledged others, before it is given up.
+_MAX_IGNORED = 5
+#: At exit, the part of the timeout kept for writing the spool (at most; a quarter of a short one).
+_SPOOL_SECONDS = 0.25
+
+
+class Mode(enum.Enum):
+    """What the sender does with a record handed to it."""
+
+    OPEN = "open"  # queue it for delivery
+    CLOSING = "closing"  # count it as dropped (``after_shutdown``): shutdown has begun
+    FAILED = "failed"  # the thread died: keep it within the bounds, spool it at exit
+
+
+class SettingsError(ValueError):
+    """The agent-side settings cannot work; the message says what to fix."""
 
 
 @dataclass(eq=False)
@@ -46,16 +75,19 @@ class _Frame:
     seq: int
     batch_id: bytes
     data: bytes | None
-    runs: Counter[Any]
+    runs: Counter[Any]  # events per run, to count them if the frame is given up
     path: Path | None = None  # on disk: deleted once acknowledged
     sent_at: float = 0.0  # 0: not sent since the last (re)connect
-    own: bool = True  # False for frames adopted from a process that is gone
+    own: bool = True  # False for files adopted from a process that is gone
+    acks_at_send: int = 0  # acknowledgements received when it was last sent
+    ignored: int = 0  # resends while the collector acknowledged other frames
 
 
 @dataclass(eq=False)
 class _FlushRequest:
     done: threading.Event = field(default_factory=threading.Event)
     upto: int | None = None  # the last frame seq it waits for; set by the sender thread
+    delivered: bool = False
 
 
 class Sender:
@@ -63,15 +95,21 @@ class Sender:
 
     def __init__(self, settings: ShimSettings) -> None:
         self.settings = settings
+        self.mode = Mode.OPEN
         self._queue: deque[Record] = deque()
+        # Payload bytes queued = in - out. Each is written by one side only, so no lock is
+        # needed; ``out`` is re-synchronised whenever the queue is empty.
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._spill_bytes = settings.queue_max_bytes // 2
         self._id = os.urandom(8)
         self._cleaner = Cleaner(settings.max_field_chars, settings.redact_keys,
                                 settings.redact_patterns)
         self._lock = threading.Lock()  # drops, flush requests, starting the thread
         self._drops: Counter[tuple[Any, str]] = Counter()
+        self._lost_own = False  # an event of this process was dropped: no flush can say True
         self._requests: list[_FlushRequest] = []
         self._idle = True  # the thread sleeps on an empty queue: a submit must wake it
-        self._closing = False
         self._stop_at: float | None = None
         self._thread: threading.Thread | None = None
         self._finished = threading.Event()
@@ -79,52 +117,60 @@ class Sender:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
-        # Owned by the thread:
+        # Owned by the thread (by shutdown's caller once the thread is gone):
         self._seq = 0
+        self._acks = 0
         self._in_flight: dict[bytes, _Frame] = {}
         self._backlog: deque[_Frame] = deque()
-        self._adopted: deque[Path] = deque()
+        self._adopted: deque[SpoolFile] = deque()
         self._queue_since: float | None = None
-        self._spool = Spool(settings.spool_dir, settings.spool_max_bytes, self._id.hex())
+        self._spool = Spool(settings.spool_dir, settings.collector_urls, settings.spool_max_bytes,
+                            self._id.hex())
         self._host = _socket.gethostname()
 
     # --- the caller's side (any thread) ---------------------------------------------------
 
     def submit(self, record: Record) -> None:
-        if self._closing:
+        mode = self.mode
+        if mode is Mode.CLOSING:
             self._drop(record, "after_shutdown")
             return
-        queue = self._queue
-        if len(queue) >= self.settings.queue_size:
+        size = _payload_bytes(record)
+        queued = self._bytes_in - self._bytes_out
+        if (len(self._queue) >= self.settings.queue_size
+                or queued + size > self.settings.queue_max_bytes):
             self._drop(record, "queue_full")
             return
-        queue.append(record)
-        if self._idle:
+        self._bytes_in += size
+        self._queue.append(record)
+        if mode is Mode.OPEN and (self._idle or queued > self._spill_bytes):
             self._wake()
 
     def flush(self, timeout: float) -> bool:
-        if self._thread is None:
-            return not self._queue
-        if self._finished.is_set() or not self._thread.is_alive():
-            return self._delivered_all and not self._queue
+        if self.mode is Mode.FAILED:
+            return False
+        if self._thread is None or self._finished.is_set():
+            return self._delivered_all and not self._queue and not self._lost_own
         request = _FlushRequest()
         with self._lock:
             self._requests.append(request)
         self._wake()
-        return request.done.wait(timeout)
+        return request.done.wait(timeout) and request.delivered and not self._lost_own
 
     def shutdown(self, timeout: float) -> bool:
         """Deliver what is pending within ``timeout`` seconds, spool the rest; idempotent."""
-        with self._lock:
-            first = not self._closing
-            self._closing = True
+        if self.mode is Mode.OPEN:
+            self.mode = Mode.CLOSING
         if self._thread is None:
-            return True
-        if first:
+            return not self._lost_own
+        if self._stop_at is None:
             self._stop_at = time.monotonic() + timeout
             self._wake()
         self._finished.wait(timeout + 1.0)
-        return self._finished.is_set() and self._delivered_all
+        if self.mode is Mode.FAILED and self._finished.is_set():
+            self._spool_pending(self._stop_at)  # what came after the thread died
+            return False
+        return self._finished.is_set() and self._delivered_all and not self._lost_own
 
     def forked(self) -> Sender:
         """A fresh sender for a forked child: nothing of the parent's is sent twice."""
@@ -146,10 +192,14 @@ class Sender:
                                                 daemon=True)
                 self._thread.start()
 
-    def _drop(self, record: Record, reason: str, count: int = 1) -> None:
-        run = record.get("run") or (record.get("id") if record.get("k") == "run" else None)
+    def _drop(self, record: Record, reason: str, own: bool = True) -> None:
+        self._drop_runs({_run_of(record): 1}, reason, own)
+
+    def _drop_runs(self, runs: dict[Any, int], reason: str, own: bool = True) -> None:
         with self._lock:
-            self._drops[(run, reason)] += count
+            for run, count in runs.items():
+                self._drops[(run, reason)] += count
+            self._lost_own = self._lost_own or own
 
     # --- the thread -----------------------------------------------------------------------
 
@@ -170,11 +220,9 @@ class Sender:
                 self._serve_flushes(sock)
                 self._pump(sock)
             self._finish(sock, monitor, poller)
-        except Exception:
-            log.exception("the tracking sender failed; capture stops, the program goes on")
-            self._delivered_all = False
+        except Exception as exc:
+            self._fail(exc)
         finally:
-            self._closing = True
             if monitor is not None:
                 sock.disable_monitor()
                 monitor.close(linger=0)
@@ -182,8 +230,20 @@ class Sender:
             context.term()
             self._spool.close()
             self._finished.set()
-            for request in self._requests:
-                request.done.set()
+            with self._lock:
+                for request in self._requests:
+                    request.done.set()
+
+    def _fail(self, exc: Exception) -> None:
+        self.mode = Mode.FAILED
+        self._delivered_all = False
+        if isinstance(exc, SettingsError):
+            log.error("tracking cannot deliver from this process: %s. Its events are kept in the "
+                      "spool for a later process; the program goes on", exc)
+        else:
+            log.exception("the tracking sender failed; its events are kept in the spool for a "
+                          "later process; the program goes on")
+        self._spool_pending(None)
 
     def _connect(self, sock: zmq.Socket[bytes]) -> zmq.Socket[bytes]:
         window = self.settings.window_frames
@@ -205,6 +265,8 @@ class Sender:
         if any(request.upto is None for request in self._requests):
             return 0  # a new flush: drain the queue now
         if self._queue:
+            if self._over_spill_mark():
+                return 0
             if len(self._in_flight) >= self.settings.window_frames:
                 return 50  # waiting for acks; wake now and then to spill to the spool
             if self._queue_since is None:
@@ -235,13 +297,26 @@ class Sender:
         if sock in ready:
             while sock.poll(0):
                 kind, batch_ids = decode_reply(sock.recv())
-                if kind == ACK:
-                    for batch_id in batch_ids:
+                for batch_id in batch_ids:
+                    if kind == ACK:
                         self._acknowledged(batch_id)
+                    elif kind == REFUSED and batch_id in self._in_flight:
+                        self._give_up(self._in_flight[batch_id], "refused")
 
     def _acknowledged(self, batch_id: bytes) -> None:
+        self._acks += 1
         frame = self._in_flight.pop(batch_id, None)
         if frame is not None and frame.path is not None:
+            self._spool.remove(frame.path)
+
+    def _give_up(self, frame: _Frame, reason: str) -> None:
+        """Stop sending a frame the collector will not store; its events are counted."""
+        del self._in_flight[frame.batch_id]
+        runs = frame.runs or Counter(_run_of(r) for r in _readable_records(frame.data or b""))
+        log.warning("a frame of %d events is given up (%s)%s", sum(runs.values()), reason,
+                    f"; removed {frame.path}" if frame.path else "")
+        self._drop_runs(runs, reason, frame.own)
+        if frame.path is not None:
             self._spool.remove(frame.path)
 
     def _serve_flushes(self, sock: zmq.Socket[bytes]) -> None:
@@ -249,57 +324,73 @@ class Sender:
             return
         for request in self._requests:
             if request.upto is None:
-                self._pump(sock, force=True)
+                self._pump(sock, drain=True)
                 request.upto = self._seq
         pending = [f.seq for f in (*self._in_flight.values(), *self._backlog) if f.own]
         first_pending = min(pending, default=self._seq + 1)
         with self._lock:
-            for request in [r for r in self._requests if r.upto < first_pending]:
+            for request in [r for r in self._requests
+                            if r.upto is not None and r.upto < first_pending]:
+                request.delivered = True
                 request.done.set()
                 self._requests.remove(request)
 
-    def _pump(self, sock: zmq.Socket[bytes], force: bool = False) -> None:
-        """Send what is due, fill the window, spill to disk what the window cannot take."""
+    def _pump(self, sock: zmq.Socket[bytes], until: float | None = None,
+              drain: bool = False) -> None:
+        """Send what is due, fill the window, spill to disk what the window cannot take.
+
+        ``until``: stop cleaning and packing then (exit is near); ``drain``: spill the whole
+        queue past the window, not only what passes half the bounds.
+        """
         now = time.monotonic()
-        for frame in self._in_flight.values():
+        for frame in list(self._in_flight.values()):
             if frame.sent_at == 0.0 or now - frame.sent_at > self.settings.ack_timeout:
+                if frame.sent_at and self._acks > frame.acks_at_send:
+                    frame.ignored += 1
+                    if frame.ignored >= _MAX_IGNORED:
+                        self._give_up(frame, "unacknowledged")
+                        continue
                 if not self._send(sock, frame, now):
                     break
-        while len(self._in_flight) < self.settings.window_frames:
-            frame = self._next_frame()
-            if frame is None:
+        while len(self._in_flight) < self.settings.window_frames and not _past(until):
+            waiting = self._next_frame(until)
+            if waiting is None:
                 break
-            self._in_flight[frame.batch_id] = frame
-            self._send(sock, frame, now)
+            self._in_flight[waiting.batch_id] = waiting
+            self._send(sock, waiting, now)
         if not self._queue:
             self._queue_since = None
-        spill_at = 0 if force else self.settings.queue_size // 2
-        while len(self._queue) > spill_at:
-            self._spill(self._pack())
+            self._bytes_out = self._bytes_in
+        while (drain and self._queue or self._over_spill_mark()) and not _past(until):
+            packed = self._pack(until)
+            if packed is not None:
+                self._spill(packed)
+
+    def _over_spill_mark(self) -> bool:
+        return (len(self._queue) > self.settings.queue_size // 2
+                or self._bytes_in - self._bytes_out > self._spill_bytes)
 
     def _send(self, sock: zmq.Socket[bytes], frame: _Frame, now: float) -> bool:
         try:
-            sock.send(frame.data, zmq.NOBLOCK)
+            sock.send(frame.data or b"", zmq.NOBLOCK)
         except zmq.Again:  # no collector connected, or its pipe is full
             return False
         frame.sent_at = now
+        frame.acks_at_send = self._acks
         return True
 
-    def _next_frame(self) -> _Frame | None:
-        """The oldest frame waiting: our spooled frames, then the queue, then adopted ones."""
+    def _next_frame(self, until: float | None) -> _Frame | None:
+        """The oldest frame waiting: our spooled frames, then the queue, then adopted files."""
         while self._backlog:
             frame = self._backlog.popleft()
             if self._load(frame):
                 return frame
         if self._queue:
-            return self._pack()
+            return self._pack(until)
         while self._adopted:
-            path = self._adopted.popleft()
-            owner, seq = path.stem.split("-")
-            frame = _Frame(int(seq, 16), bytes.fromhex(owner) + bytes.fromhex(seq), None,
-                           Counter(), path=path, own=False)
-            if self._load(frame):
-                return frame
+            adopted = self._adopt(self._adopted.popleft())
+            if adopted is not None:
+                return adopted
         return None
 
     def _load(self, frame: _Frame) -> bool:
@@ -307,93 +398,226 @@ class Sender:
             frame.data = frame.path.read_bytes() if frame.path else frame.data
             return True
         except OSError as exc:
-            log.warning("spooled frame %s is unreadable and is skipped: %s", frame.path, exc)
+            log.warning("spooled frame %s is unreadable; its events are counted as dropped: %s",
+                        frame.path, exc)
+            self._drop_runs(frame.runs, "spool_unreadable")
             return False
 
-    def _pack(self) -> _Frame:
-        """Clean and pack the oldest queued records into one frame (bounded in count and bytes)."""
+    def _adopt(self, file: SpoolFile) -> _Frame | None:
+        """An adopted file as a frame to send; a damaged frame is removed and counted."""
+        try:
+            data = file.path.read_bytes()
+        except OSError as exc:
+            log.warning("spooled file %s is unreadable and is skipped: %s", file.path, exc)
+            return None
+        if file.kind is Kind.RAW:
+            return self._cleaned(file, data)
+        try:
+            decode_frame(data)
+        except WireError as exc:
+            runs = Counter(_run_of(r) for r in _readable_records(data))
+            log.warning("spooled frame %s is damaged (%s): removed; %d of its events could be "
+                        "read and are counted as dropped", file.path, exc, sum(runs.values()))
+            self._drop_runs(runs, "spool_damaged", own=False)
+            self._spool.remove(file.path)
+            return None
+        return _Frame(0, file.batch_id, data, Counter(), path=file.path, own=False)
+
+    def _cleaned(self, file: SpoolFile, raw: bytes) -> _Frame:
+        """Records spilled uncleaned at exit, cleaned into the frame their file is renamed to."""
+        records = _readable_records(raw, envelope=False)
+        packed = [data for data in (self._encode(r, own=False) for r in records) if data]
+        frame = self._new_frame(packed, Counter(_run_of(r) for r in records), file.batch_id)
+        frame.own = False
+        try:
+            frame.path = self._spool.replace(file.path, frame.data or b"")
+        except OSError as exc:  # sent from memory; the raw file stays until acknowledged
+            log.warning("cannot write the cleaned frame of %s: %s", file.path, exc)
+            frame.path = file.path
+        return frame
+
+    def _pack(self, until: float | None = None) -> _Frame | None:
+        """Clean and pack the oldest queued records into one frame (bounded in count and bytes);
+        ``None`` if none was packed (``until`` passed, or none could be encoded)."""
         queue, settings = self._queue, self.settings
         packed: list[bytes] = []
         runs: Counter[Any] = Counter()
         size = 0
         while queue and len(packed) < settings.batch_max_events and size < settings.batch_max_bytes:
+            if until is not None and time.monotonic() >= until:
+                break
             record = queue.popleft()
-            try:
-                data = pack_record(self._cleaner.clean_record(record))
-            except Exception:
-                log.exception("a record could not be packed and is dropped")
-                self._drop(record, "unencodable")
-                continue
-            if len(data) > _MAX_RECORD_BYTES:
-                self._drop(record, "oversize")
-                continue
-            packed.append(data)
-            size += len(data)
-            runs[record.get("run") or record.get("id")] += 1
-        self._seq += 1
-        batch_id = self._id + self._seq.to_bytes(8, "big")
+            self._bytes_out += _payload_bytes(record)
+            data = self._encode(record, own=True)
+            if data is not None:
+                packed.append(data)
+                size += len(data)
+                runs[_run_of(record)] += 1
+        return self._new_frame(packed, runs) if packed else None
+
+    def _encode(self, record: Record, own: bool) -> bytes | None:
+        """A record cleaned (redacted, truncated) and packed; ``None`` (counted) if it cannot be."""
+        try:
+            data = pack_record(self._cleaner.clean_record(record))
+        except Exception:
+            log.exception("a record could not be packed and is dropped")
+            self._drop(record, "unencodable", own)
+            return None
+        if len(data) > _MAX_RECORD_BYTES:
+            self._drop(record, "oversize", own)
+            return None
+        return data
+
+    def _new_frame(self, packed: list[bytes], runs: Counter[Any],
+                   batch_id: bytes | None = None) -> _Frame:
+        if batch_id is None:
+            self._seq += 1
+            batch_id = self._id + self._seq.to_bytes(8, "big")
         with self._lock:
             drops = [[run, reason, n] for (run, reason), n in self._drops.items() if run]
         header = {"host": self._host, "pid": os.getpid(), "drops": drops}
-        return _Frame(self._seq, batch_id, encode_frame(batch_id, header, packed), runs)
+        return _Frame(int.from_bytes(batch_id[8:], "big"), batch_id,
+                      encode_frame(batch_id, header, packed), runs)
 
-    def _spool_final_drop_counts(self) -> None:
-        """Drops after the last frame that reached the disk would go unreported: spool the
-        cumulative counts in one records-free frame (the collector keeps the greatest)."""
-        with self._lock:
-            dropped = bool(self._drops)
-        if dropped:
-            frame = self._pack()  # the queue is empty: a header with the counts, no records
-            self._spool.put(frame.seq, frame.data or b"", bounded=False)
-
-    def _spill(self, frame: _Frame) -> bool:
+    def _spill(self, frame: _Frame) -> None:
         """Move a frame's bytes to disk; if the spool cannot take it, its events are dropped."""
         if frame.path is None:
             frame.path = self._spool.put(frame.seq, frame.data or b"")
             if frame.path is None:
-                for run, count in frame.runs.items():
-                    self._drop({"run": run}, "spool_full", count)
-                return False
+                self._drop_runs(frame.runs, "spool_full", frame.own)
+                return
         frame.data = None
         if frame.own and frame.batch_id not in self._in_flight:
             self._backlog.append(frame)
-        return True
 
     def _finish(self, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes],
                 poller: zmq.Poller) -> None:
         """Deliver until shortly before the deadline, then spool whatever is unacknowledged."""
         stop_at = self._stop_at or time.monotonic()
-        # Keep a little of the budget for writing the spool.
-        wait_until = stop_at - min(0.25, (stop_at - time.monotonic()) / 4)
-        self._pump(sock, force=True)
-        while self._in_flight and time.monotonic() < wait_until:
-            remaining_ms = max(1, int((wait_until - time.monotonic()) * 1000))
-            self._on_ready(dict(poller.poll(min(remaining_ms, 50))), sock, monitor)
-            self._pump(sock, force=True)
-        self._closing = True
-        while self._queue:  # records that arrived while we were closing
-            self._spill(self._pack())
-        undelivered = [*self._in_flight.values(), *self._backlog]
-        for frame in self._in_flight.values():
-            if frame.own:
-                self._spill(frame)
-        self._in_flight.clear()
-        self._spool_final_drop_counts()
+        spool_from = stop_at - min(_SPOOL_SECONDS, max(0.0, stop_at - time.monotonic()) / 4)
+        window = self.settings.window_frames
+        while True:
+            self._pump(sock, until=spool_from)
+            if not (self._in_flight or self._queue or self._backlog) or _past(spool_from):
+                break
+            packing = self._queue and len(self._in_flight) < window
+            wait_ms = 0 if packing else max(1, min(50, int((spool_from - time.monotonic()) * 1000)))
+            self._on_ready(dict(poller.poll(wait_ms)), sock, monitor)
+        undelivered = len(self._in_flight) + len(self._backlog) + bool(self._queue)
+        self._spool_pending(stop_at)
         self._delivered_all = not undelivered
         if undelivered:
-            log.warning("%d frames were not acknowledged in time; they wait in %s",
-                        len(undelivered), self.settings.spool_dir)
+            log.warning("tracking events were not all acknowledged in time; the rest wait in %s",
+                        self._spool.directory)
+
+    def _spool_pending(self, deadline: float | None) -> None:
+        """Write what is undelivered to the spool: frames as they are, queued records raw (there
+        is no time to clean them); what the deadline or the disk does not allow is counted."""
+        for frame in list(self._in_flight.values()):
+            if frame.own and frame.path is None:
+                if _past(deadline):
+                    self._drop_runs(frame.runs, "exit_timeout")
+                else:
+                    self._spill(frame)
+        self._in_flight.clear()
+        while self._queue:
+            data, runs = self._raw_chunk()
+            if _past(deadline):
+                self._drop_runs(runs, "exit_timeout")
+                continue
+            self._seq += 1
+            if runs and self._spool.put(self._seq, data, Kind.RAW) is None:
+                self._drop_runs(runs, "spool_full")
+        self._spool_drop_counts()
+
+    def _raw_chunk(self) -> tuple[bytes, Counter[Any]]:
+        """The oldest queued records, uncleaned, as one raw spool file; and their runs."""
+        queue, settings = self._queue, self.settings
+        packer = msgpack.Packer(use_bin_type=True)
+        parts: list[bytes] = []
+        runs: Counter[Any] = Counter()
+        size = 0
+        while queue and len(parts) < settings.batch_max_events and size < settings.batch_max_bytes:
+            record = queue.popleft()
+            self._bytes_out += _payload_bytes(record)
+            try:
+                part = packer.pack(record)
+            except Exception:  # e.g. a lone surrogate in a text field
+                self._drop(record, "unencodable")
+                continue
+            parts.append(part)
+            size += len(part)
+            runs[_run_of(record)] += 1
+        return packer.pack_array_header(len(parts)) + b"".join(parts), runs
+
+    def _spool_drop_counts(self) -> None:
+        """Drops after the last frame that reached the disk would go unreported: spool the
+        cumulative counts in one records-free frame (the collector keeps the greatest)."""
+        with self._lock:
+            dropped = any(run for run, _ in self._drops)
+        if dropped:
+            frame = self._new_frame([], Counter())
+            self._spool.put_last(frame.seq, frame.data or b"")
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def _run_of(record: Record) -> Any:
+    return record.get("run") or (record.get("id") if record.get("k") == "run" else None)
+
+
+def _payload_bytes(record: Record) -> int:
+    """What a queued record holds beyond its fixed fields: its snapshotted payloads."""
+    size = 0
+    for name in PAYLOAD_FIELDS:
+        payload = record.get(name)
+        if payload is not None:
+            size += len(payload)
+    return size
+
+
+def _readable_records(data: bytes, envelope: bool = True) -> list[Any]:
+    """The records that can be read from a frame (or a raw spool file), up to any damage."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False,
+                                max_buffer_size=max(len(data), 1024))
+    unpacker.feed(data)
+    records: list[Any] = []
+    try:
+        if envelope:
+            if unpacker.read_array_header() != 4:
+                return records
+            for _ in range(3):  # version, batch id, header
+                unpacker.skip()
+        for _ in range(unpacker.read_array_header()):
+            record = unpacker.unpack()
+            if isinstance(record, dict):
+                records.append(record)
+    except Exception:  # damaged from here on: msgpack raises several unrelated types
+        pass
+    return records
 
 
 def _use_curve(sock: zmq.Socket[bytes], server_key: str, key_file: Path | None) -> None:
     """Encrypt and authenticate with CurveZMQ; the collector accepts allow-listed keys only."""
+    how = "make a key pair with `cmbagent-collector keys DIR` and point it at the .key_secret file"
     if key_file is None:
-        raise ValueError("CMBAGENT_CURVE_SERVER_KEY is set but CMBAGENT_CURVE_SECRET_KEY_FILE is "
-                         "not: make a key pair with `cmbagent-collector keys DIR` and point the "
-                         "variable at its .key_secret file")
-    public, secret = zmq.auth.load_certificate(key_file)
+        raise SettingsError(f"{CURVE_SERVER_KEY} is set but {CURVE_SECRET_KEY_FILE} is not: {how}")
+    try:
+        public, secret = zmq.auth.load_certificate(key_file)
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"{CURVE_SECRET_KEY_FILE}={key_file} cannot be read as a key pair "
+                            f"({exc}): {how}") from None
     if secret is None:
-        raise ValueError(f"{key_file} holds no secret key: use the .key_secret file")
+        raise SettingsError(f"{CURVE_SECRET_KEY_FILE}={key_file} holds a public key only: use the "
+                            f".key_secret file of the pair, not the .key file")
+    try:
+        if len(z85.decode(server_key.encode())) != 32:
+            raise ValueError("not 32 bytes")
+    except ValueError:
+        raise SettingsError(f"{CURVE_SERVER_KEY} is not a Z85 public key (40 characters): copy "
+                            f"it from the collector's server.key file") from None
     sock.curve_serverkey = server_key.encode()
     sock.curve_publickey = public
     sock.curve_secretkey = secret

@@ -7,7 +7,6 @@ the sink's queue. No lock, no I/O, no exception into the caller.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 from contextvars import Token
 from types import TracebackType
@@ -218,11 +217,6 @@ class Tracker:
         self._process_run_owned = False
         self._sink = self._sink.forked()
         self._submit = self._sink.submit
-        if "multiprocessing" in sys.modules:
-            # multiprocessing's children leave through os._exit, which skips atexit.
-            from multiprocessing.util import Finalize
-
-            Finalize(None, self.shutdown, exitpriority=0)
 
     def shutdown(self, timeout: float | None = None) -> bool:
         """Close the implicit run, deliver what is pending within ``timeout``, spool the rest."""

@@ -33,9 +33,10 @@ def timed_sender(settings: Any) -> Any:
             self.emitted: dict[bytes, list[int]] = {}
             self.acked: dict[bytes, float] = {}
 
-        def _pack(self) -> Any:
-            frame = super()._pack()
-            self.emitted[frame.batch_id] = [r["ts"] for r in decode_frame(frame.data)[2]]
+        def _pack(self, until: Any = None) -> Any:
+            frame = super()._pack(until)
+            if frame is not None:
+                self.emitted[frame.batch_id] = [r["ts"] for r in decode_frame(frame.data)[2]]
             return frame
 
         def _acknowledged(self, batch_id: bytes) -> None:

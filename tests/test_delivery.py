@@ -117,7 +117,7 @@ def test_exit_while_collector_down_is_bounded_and_spooled_events_arrive_later(
     seconds = float(output.split("shutdown_seconds=")[1].split()[0])
     assert seconds <= 1.5, output  # the bound, plus writing the spool
     assert lifetime < 15  # the atexit hook found nothing left to wait for
-    spooled = list(Path(agent_env["CMBAGENT_SPOOL_DIR"]).glob("*.frame"))
+    spooled = list(Path(agent_env["CMBAGENT_SPOOL_DIR"]).rglob("*.frame"))
     assert spooled, "nothing was spooled"
 
     collector.start()
@@ -128,7 +128,7 @@ def test_exit_while_collector_down_is_bounded_and_spooled_events_arrive_later(
     _assert_exactly_once(database, _run_id(output), 3000)
     assert fetchval(database, "SELECT status FROM workflow_runs WHERE id = $1",
                     _run_id(output)) == "completed"
-    wait_for(lambda: not list(Path(agent_env["CMBAGENT_SPOOL_DIR"]).glob("*.frame")))
+    wait_for(lambda: not list(Path(agent_env["CMBAGENT_SPOOL_DIR"]).rglob("*.frame")))
     collector.kill()
 
 
