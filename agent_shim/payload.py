@@ -1,71 +1,215 @@
 """Payloads: snapshot on the caller's thread, then redact and truncate on the sender thread.
 
 The caller pays only for :func:`snapshot`, a C-speed msgpack encoding that freezes the value
-(AG2 mutates its message dicts later) and turns anything msgpack cannot encode into text.
-:class:`Cleaner` then runs on the sender thread, before anything is written to a socket or to
-disk, and applies the one truncation and redaction policy:
+(AG2 mutates its message dicts later); only a value the C packer refuses (a type it does not
+know, a lone surrogate, a cycle, an int over 64 bits, deep nesting) takes a slower Python path
+that turns it into plain data. :class:`Cleaner` then runs on the sender thread, before anything
+is written to a socket or to disk, and applies the one policy to **every** field of a record
+(payloads, their keys, error, task, names, subtypes, conditions):
 
-- **Redaction.** A value whose key looks like a credential (``api_key``, ``token``, ``password``,
-  ``authorization``, ``secret``, ...) becomes ``"[REDACTED]"``; so does any text that looks like
-  a provider key (``sk-...``, ``AKIA...``, ``ghp_...``, ``Bearer ...``, ``api_key=...``) wherever
-  it occurs. Both lists can be extended (``CMBAGENT_REDACT_KEYS``, ``CMBAGENT_REDACT_PATTERNS``).
-- **Truncation.** Every string longer than ``max_field_chars`` (default 32,768) is cut to that
-  length plus a marker; the record's ``meta._truncated`` maps the field's path (for example
-  ``inputs.content``) to its original length. Bytes are replaced by ``"<N bytes>"``.
+- **Redaction.** The value of a key that names a secret (``api_key``, ``PGPASSWORD``,
+  ``openaiApiKey``, ``client_secret``, ``AZURE_OPENAI_KEY``, ...) becomes ``"[REDACTED]"``; so
+  does every secret-looking part of a text: provider keys (OpenAI, Anthropic, AWS, GitHub,
+  Slack, Google, Hugging Face, Stripe, Groq), JWTs, PEM private keys, authorization headers,
+  passwords in URLs and ``NAME_PASSWORD=``/``_TOKEN=``/``_KEY=``/``_SECRET=`` assignments
+  (also as JSON or YAML). Both lists can be extended (``CMBAGENT_REDACT_KEYS``,
+  ``CMBAGENT_REDACT_PATTERNS``).
+- **Truncation,** after redaction (a cut never leaves a secret's prefix): a string longer than
+  ``max_field_chars`` (default 32,768) is cut to that length plus a marker; containers nested
+  deeper than :data:`MAX_DEPTH` levels are replaced by :data:`DEEPER`. The record's
+  ``meta._truncated`` maps the path of each cut (for example ``inputs.content``) to the
+  original length, or to ``"depth"``.
+- **Text that cannot be stored** is made storable: a lone surrogate becomes U+FFFD, bytes become
+  ``"<N bytes>"``, an object becomes its ``str``, an int beyond 64 bits its decimal text.
 """
 
 from __future__ import annotations
 
+import codecs
+import functools
 import re
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple, Union
 
 import msgpack
 
 REDACTED = "[REDACTED]"
-PAYLOAD_FIELDS = ("inputs", "outputs", "meta")
-TEXT_FIELDS = ("error", "task")
+#: Containers nested deeper than this many levels in one payload are cut.
+MAX_DEPTH = 64
+DEEPER = f"[nested deeper than {MAX_DEPTH} levels]"
+CYCLE = "[reference cycle]"
+PAYLOAD_FIELDS = frozenset(("inputs", "outputs", "meta"))
+#: Record fields that hold 16-byte ids (``wire``): the only bytes kept as bytes.
+ID_FIELDS = frozenset(("id", "run", "session", "node", "parent", "parent_node", "from", "to",
+                       "event"))
+_INT_RANGE = range(-(2**63), 2**64)  # what msgpack can encode
 
-_SECRET_KEYS = (
-    r"(?:.*[_\-.])?(?:api[_\-]?key|apikey|secret|secret[_\-]?key|client[_\-]?secret|token|"
-    r"access[_\-]?token|refresh[_\-]?token|id[_\-]?token|auth[_\-]?token|password|passwd|pwd|"
-    r"authorization|proxy[_\-]?authorization|cookie|set[_\-]?cookie|private[_\-]?key|credentials?)"
+# --- secret keys -----------------------------------------------------------------------------
+
+_KEY_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])")  # snake, kebab, camel and UPPER case
+#: A key whose last word ends with one of these names a secret (``PGPASSWORD``, ``x-auth-token``).
+_SECRET_ENDINGS = ("password", "passwd", "passphrase", "pwd", "secret", "secrets", "token",
+                   "apikey", "credential", "credentials", "cookie", "authorization")
+#: ``<word>_token`` is a count or a pointer, not a secret, after these words.
+_NOT_SECRET_TOKENS = frozenset(("max", "min", "num", "total", "prompt", "completion", "page",
+                                "next"))
+#: ``<word>_key`` names a secret (``signing_key``, ``AZURE_OPENAI_KEY``) unless the word says it
+#: is a lookup key.
+_NOT_SECRET_KEYS = frozenset(("primary", "sort", "foreign", "partition", "cache", "public",
+                              "group", "routing", "lookup", "index", "hash", "row", "map",
+                              "unique", "shard", "join", "order", "search", "idempotency",
+                              "dedup", "object", "bucket", "table", "column", "field", "record",
+                              "item", "node", "parent", "child", "dict", "hot"))
+
+
+def names_secret(key: str) -> bool:
+    """Whether a payload key names a secret, so that its value must not be stored."""
+    words = _KEY_WORDS.findall(key)
+    if not words:
+        return False
+    last = words[-1].lower()
+    before = words[-2].lower() if len(words) > 1 else ""
+    if last == "key":
+        return before != "" and before not in _NOT_SECRET_KEYS
+    if before in _NOT_SECRET_TOKENS and last.endswith("token"):
+        return False
+    return last.endswith(_SECRET_ENDINGS)
+
+
+# --- secret text -----------------------------------------------------------------------------
+
+
+class Rule(NamedTuple):
+    """A secret shape. Every match holds one of ``hints`` once case-folded, so ``redact`` (much
+    dearer than looking for a hint) runs only on text that has one; no hints: it always runs."""
+
+    hints: tuple[str, ...]
+    redact: Callable[[str], str]
+
+
+def _keep_label(match: re.Match[str]) -> str:
+    return (match.group(1) or "") + REDACTED if match.lastindex else REDACTED
+
+
+def _shape(hints: tuple[str, ...], pattern: str, flags: int = 0) -> Rule:
+    """A rule that redacts each match of ``pattern``, keeping its one group if it has one."""
+    return Rule(hints, functools.partial(re.compile(pattern, flags).sub, _keep_label))
+
+
+# Assignments (``NAME=value``, ``NAME: value``, ``"name": "value"``, YAML, ``Authorization:
+# Basic ...``) are found from their separator: the name is read backwards from each ``:`` or
+# ``=``, which is far cheaper than trying a name at every position of the text.
+_SECRET_NAMES = ("password", "passwd", "passphrase", "secret", "token", "credential",
+                 "credentials", "cookie", "authorization")
+_SECRET_KEY_QUALIFIERS = ("api", "access", "secret", "private", "signing", "auth", "client",
+                          "master", "encryption", "license", "session")
+_LONGEST_NAME = 40  # with the quotes and blanks before the separator
+
+
+def _backwards(words: tuple[str, ...]) -> str:
+    return "|".join(re.escape(word[::-1]) for word in sorted(words, key=len, reverse=True))
+
+
+_SEPARATOR = re.compile(r"[:=]")
+#: A name that ends a secret's name, right before a separator, read backwards: the end of
+#: ``OPENAI_API_KEY``, ``db_password``, ``"client_secret"``, ``x-auth-token``, ``signingKey``;
+#: ``FOO_KEY`` counts only in capitals (an environment variable; ``sort_key`` does not).
+_NAME_BACKWARDS = re.compile(
+    r"[ \t]*[\"']?\\?(?:(?i:" + _backwards(_SECRET_NAMES) + r"|yek[_\-]?(?:"
+    + _backwards(_SECRET_KEY_QUALIFIERS) + r"))|YEK_[A-Z0-9])")
+#: What follows the separator: kept (group 1), then the value (quoted: up to its quote).
+_VALUE_AFTER = re.compile(
+    r"([ \t]*\\?[\"']?(?i:(?:basic|bearer|token|digest)[ \t]+)?)"
+    r"(?:(?<=[\"'])[^\"'\\\n]+|(?!(?i:none|null|true|false)\b)[^\s\"'\\`,;&<>(){}\[\]]{3,})")
+
+
+def _redact_assignments(text: str) -> str:
+    pieces: list[str] = []
+    done = 0
+    for separator in _SEPARATOR.finditer(text):
+        at = separator.start()
+        if at < done or not _NAME_BACKWARDS.match(text[max(0, at - _LONGEST_NAME):at][::-1]):
+            continue
+        value = _VALUE_AFTER.match(text, at + 1)
+        if value is not None:
+            pieces += (text[done:value.end(1)], REDACTED)
+            done = value.end()
+    return "".join(pieces) + text[done:] if pieces else text
+
+
+#: In order: a PEM block goes before an assignment could cut its header off.
+RULES = (
+    _shape(("-----begin",), r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----.*?"
+           r"(?:-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|\Z)", re.DOTALL),
+    _shape(("sk-",), r"\bsk-[A-Za-z0-9_\-]{16,}"),  # OpenAI (sk-proj-, ...), Anthropic (sk-ant-)
+    _shape(("k_live_", "k_test_"), r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,}"),  # Stripe
+    _shape(("akia", "asia"), r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),  # AWS access key id
+    _shape(("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+           r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})"),  # GitHub
+    _shape(("xox",), r"\bxox[abeoprs]-[A-Za-z0-9\-]{10,}"),  # Slack
+    _shape(("aiza", "gocspx-", "ya29."),  # Google: API key, OAuth client secret, access token
+           r"\bAIza[0-9A-Za-z_\-]{35}|\bGOCSPX-[A-Za-z0-9_\-]{20,}|\bya29\.[A-Za-z0-9_\-]{20,}"),
+    _shape(("hf_",), r"\bhf_[A-Za-z0-9]{30,}"),  # Hugging Face
+    _shape(("gsk_",), r"\bgsk_[A-Za-z0-9]{30,}"),  # Groq
+    _shape(("eyj",), r"\beyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]*"),  # JWT
+    _shape(("://",), r"(\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@\"'<>]*:)[^\s/@\"'<>]+(?=@)"),
+    _shape(("bearer",), r"(?i:(\bbearer\s+))[A-Za-z0-9._~+/\-]{16,}=*"),
+    Rule((), _redact_assignments),
 )
-_SECRET_TEXT = "|".join(
-    (
-        r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_\-]{16,}",  # OpenAI, Anthropic
-        r"\bAKIA[0-9A-Z]{16}\b",  # AWS access key id
-        r"\bgh[pousr]_[A-Za-z0-9]{30,}",  # GitHub
-        r"\bxox[abprs]-[A-Za-z0-9\-]{10,}",  # Slack
-        r"\bAIza[0-9A-Za-z_\-]{35}",  # Google
-        r"\bhf_[A-Za-z0-9]{30,}",  # Hugging Face
-        r"\bgsk_[A-Za-z0-9]{30,}",  # Groq
-        r"(?i:\bbearer\s+[A-Za-z0-9._~+/\-]{8,}=*)",
-        r"(?i:\b(?:api[_\-]?key|secret|password|passwd|token)[\"']?\s*[:=]\s*[\"']?[^\s\"',;}]{6,})",
-    )
-)
-#: Every text that ``_SECRET_TEXT`` can match contains one of these once case-folded. Searching
-#: for them is ~20x cheaper than running the pattern over text with no secret in it (most text),
-#: so the pattern runs only on text that has one. Keep in step with ``_SECRET_TEXT``.
-_SECRET_HINTS = ("sk-", "akia", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "xox", "aiza", "hf_",
-                 "gsk_", "bearer", "api", "secret", "passw", "token")
+#: No rule matches a text shorter than this (``a://:p@``).
+_SHORTEST_SECRET = 7
 
 
-def _fallback(value: Any) -> Any:
-    """What msgpack calls for a type it cannot encode: a plain structure, else text."""
-    dump = getattr(value, "model_dump", None)  # pydantic models such as AG2's LLMConfig
-    if callable(dump):
-        try:
-            return dump()
-        except Exception:
-            pass
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
+# --- text msgpack and PostgreSQL can take ----------------------------------------------------
+
+_SURROGATES = "cmbagent_tracking.surrogates"
+
+
+def _one_replacement(error: UnicodeError) -> tuple[str, int]:
+    """One U+FFFD per lone surrogate (kept by ``surrogatepass`` as three bytes ``ED A0-BF xx``),
+    where the UTF-8 decoder alone would give three."""
+    assert isinstance(error, UnicodeDecodeError)
+    data, start = error.object, error.start
+    if data[start] == 0xED and start + 2 < len(data) and 0xA0 <= data[start + 1] <= 0xBF:
+        return "\ufffd", start + 3
+    return "\ufffd", error.end
+
+
+codecs.register_error(_SURROGATES, _one_replacement)
+
+
+def valid_text(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD (it cannot be UTF-8 encoded)."""
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", _SURROGATES)
+    return text
+
+
+def describe(value: Any) -> str:
+    """``str(value)``, or what can be said about a value whose ``__str__`` fails; never raises."""
     try:
         return str(value)
     except Exception:
+        pass
+    try:
+        return repr(value)
+    except Exception:
         return f"<unprintable {type(value).__name__}>"
 
+
+def _int_text(value: int) -> str:
+    try:
+        return str(value)
+    except ValueError:  # past sys.get_int_max_str_digits()
+        return f"<{value.bit_length()}-bit int>"
+
+
+# --- the caller's side: snapshot -------------------------------------------------------------
 
 _local = threading.local()
 
@@ -82,12 +226,86 @@ def snapshot(value: Any) -> bytes | None:
         # A reused packer (one per thread: it holds a buffer) with no ``default`` runs no Python
         # code; ``packb`` would build a packer per call, which costs as much as the packing.
         return packer.pack(value)
-    except Exception:  # a type msgpack cannot encode (the packer resets itself)
+    except Exception:  # something the C packer refuses (it resets itself): the slow path
         pass
     try:
-        return msgpack.packb(value, default=_fallback, use_bin_type=True)
-    except Exception:  # ints over 64 bits, recursion, a __str__ that raises deep inside ...
-        return msgpack.packb(_fallback(value), default=_fallback, use_bin_type=True)
+        return _pack_leniently(_plain(value, 1, set()))
+    except Exception:  # a dict that changes size while read, an iterator that raises, ...
+        return _pack_leniently(f"<unrecordable {type(value).__name__}>")
+
+
+def _pack_leniently(value: Any) -> bytes:
+    # Lone surrogates are kept as invalid UTF-8, replaced when the sender unpacks them.
+    return msgpack.packb(value, use_bin_type=True, unicode_errors="surrogatepass")
+
+
+def _plain(value: Any, depth: int, ancestors: set[int]) -> Any:
+    """``value`` as msgpack-native data. Containers are kept one level past :data:`MAX_DEPTH`,
+    so that the cleaner cuts and records them like those of the fast path."""
+    if value is None or isinstance(value, (str, bytes, bool, float)):
+        return value
+    if isinstance(value, int):
+        return value if value in _INT_RANGE else _int_text(value)
+    dump = getattr(value, "model_dump", None)  # pydantic models such as AG2's LLMConfig
+    if callable(dump):
+        try:
+            value = dump()
+        except Exception:
+            return describe(value)
+    if not isinstance(value, (dict, list, tuple, set, frozenset)):
+        return describe(value)
+    if depth > MAX_DEPTH + 1:
+        return DEEPER
+    if id(value) in ancestors:
+        return CYCLE
+    ancestors.add(id(value))
+    if isinstance(value, dict):
+        plain: Any = {_plain_key(k): _plain(v, depth + 1, ancestors) for k, v in value.items()}
+    else:
+        plain = [_plain(item, depth + 1, ancestors) for item in value]
+    ancestors.discard(id(value))
+    return plain
+
+
+def _plain_key(key: Any) -> Any:
+    kind = type(key)
+    if key is None or kind is str or kind is bool or kind is float or kind is bytes:
+        return key
+    if kind is int and key in _INT_RANGE:
+        return key
+    return describe(key)
+
+
+def _unfreeze(raw: bytes) -> Any:
+    options: dict[str, Any] = {"raw": False, "strict_map_key": False,
+                               "unicode_errors": _SURROGATES}
+    try:
+        return msgpack.unpackb(raw, **options)
+    except TypeError:  # a map keyed by an array (a tuple key): unhashable as a list
+        pass
+    except Exception:
+        return f"<undecodable {len(raw)} bytes>"
+    try:
+        return msgpack.unpackb(raw, use_list=False, **options)
+    except Exception:
+        return f"<undecodable {len(raw)} bytes>"
+
+
+# --- the sender's side: the policy -----------------------------------------------------------
+
+#: Where a value sits: a field name, or (parent, key or list index); rendered only for a cut.
+Path = Union[str, tuple[Any, Union[str, int]]]
+_MEMO_CHARS = 64  # short strings (names, roles, statuses) repeat: their results are memoised
+_MEMO_ENTRIES = 4096
+
+
+def render(path: Path) -> str:
+    """``inputs.messages[0].content`` for ``((("inputs", "messages"), 0), "content")``."""
+    parts: list[str] = []
+    while isinstance(path, tuple):
+        path, step = path
+        parts.append(f"[{step}]" if isinstance(step, int) else f".{step}")
+    return path + "".join(reversed(parts))
 
 
 class Cleaner:
@@ -99,28 +317,24 @@ class Cleaner:
         extra_keys: str | None = None,
         extra_patterns: str | None = None,
     ) -> None:
-        keys = _SECRET_KEYS + (f"|{extra_keys}" if extra_keys else "")
-        self._secret_key = re.compile(f"^(?:{keys})$", re.IGNORECASE).match
-        self._builtin_text = re.compile(_SECRET_TEXT).sub
+        self._extra_key = re.compile(extra_keys, re.IGNORECASE).fullmatch if extra_keys else None
         # The user's patterns cannot be pre-screened: they run on every text.
         self._extra_text = re.compile(extra_patterns).sub if extra_patterns else None
         self._limit = max_field_chars
+        self._memo_chars = min(_MEMO_CHARS, max_field_chars)
+        self._texts: dict[str, str] = {}
+        self._secret_keys: dict[str, bool] = {}
 
     def clean_record(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Unfreeze a record's payloads and apply the policy, in place; returns the record."""
-        truncated: dict[str, int] = {}
-        for name in PAYLOAD_FIELDS:
-            raw = record.get(name)
-            if raw is None:
-                continue
-            try:
-                value = msgpack.unpackb(raw, raw=False, strict_map_key=False, use_list=True)
-            except Exception:  # e.g. a map keyed by a tuple: keep what we can say about it
-                value = f"<undecodable {len(raw)} bytes>"
-            record[name] = self.clean(value, name, truncated)
-        for name in TEXT_FIELDS:
-            if isinstance(record.get(name), str):
-                record[name] = self.clean(record[name], name, truncated)
+        """Make every field of a record storable and apply the policy, in place; returns it."""
+        truncated: dict[str, Any] = {}
+        for name, value in record.items():
+            if name in PAYLOAD_FIELDS:
+                if value is not None:
+                    frozen = _unfreeze(value) if type(value) is bytes else value
+                    record[name] = self._clean(frozen, name, truncated, 1)
+            else:
+                record[name] = self._field(name, value, truncated)
         if truncated:
             meta = record.get("meta")
             if not isinstance(meta, dict):
@@ -131,30 +345,78 @@ class Cleaner:
 
     def redact_text(self, value: str) -> str:
         """``value`` with every secret-looking part replaced by ``[REDACTED]``."""
-        folded = value.casefold()
-        for hint in _SECRET_HINTS:
-            if hint in folded:
-                value = self._builtin_text(REDACTED, value)
-                break
+        if len(value) >= _SHORTEST_SECRET:
+            folded = value.casefold()
+            for rule in RULES:
+                if not rule.hints or any(hint in folded for hint in rule.hints):
+                    value = rule.redact(value)
         if self._extra_text is not None:
             value = self._extra_text(REDACTED, value)
         return value
 
-    def clean(self, value: Any, path: str, truncated: dict[str, int]) -> Any:
-        if isinstance(value, str):
-            if len(value) > self._limit:
-                truncated[path] = len(value)
-                value = f"{value[: self._limit]}…[truncated {len(value) - self._limit} chars]"
-            return self.redact_text(value) if len(value) >= 12 else value
-        if isinstance(value, dict):
-            out = {}
-            for key, item in value.items():
-                key = key if isinstance(key, str) else str(key)
-                secret = self._secret_key(key) and item not in (None, "")
-                out[key] = REDACTED if secret else self.clean(item, f"{path}.{key}", truncated)
-            return out
-        if isinstance(value, list):
-            return [self.clean(item, f"{path}[{i}]", truncated) for i, item in enumerate(value)]
-        if isinstance(value, bytes):
+    def is_secret_key(self, key: str) -> bool:
+        """Whether the value under payload key ``key`` is redacted whole."""
+        secret = self._secret_keys.get(key)
+        if secret is None:
+            secret = names_secret(key) or bool(self._extra_key and self._extra_key(key))
+            if len(self._secret_keys) >= _MEMO_ENTRIES:
+                self._secret_keys.clear()
+            self._secret_keys[key] = secret
+        return secret
+
+    def _field(self, name: str, value: Any, truncated: dict[str, Any]) -> Any:
+        """A non-payload field as msgpack and the collector can take it."""
+        kind = type(value)
+        if kind is str:
+            return self._text(valid_text(value), name, truncated)
+        if value is None or kind is float or kind is bool:
+            return value
+        if kind is int:
+            return value if value in _INT_RANGE else _int_text(value)
+        if kind is bytes:
+            return value if name in ID_FIELDS else f"<{len(value)} bytes>"
+        return self._text(valid_text(describe(value)), name, truncated)
+
+    def _text(self, value: str, path: Path, truncated: dict[str, Any]) -> str:
+        """Redacted, then cut to the limit: a secret at the cut is gone whole."""
+        if len(value) <= self._memo_chars:
+            clean = self._texts.get(value)
+            if clean is None:
+                if len(self._texts) >= _MEMO_ENTRIES:
+                    self._texts.clear()
+                clean = self._texts[value] = self.redact_text(value)
+            return clean
+        clean = self.redact_text(value)
+        if len(clean) > self._limit:
+            truncated[render(path)] = len(value)
+            clean = f"{clean[: self._limit]}…[truncated {len(clean) - self._limit} chars]"
+        return clean
+
+    def _clean(self, value: Any, path: Path, truncated: dict[str, Any], depth: int) -> Any:
+        kind = type(value)
+        if kind is str:
+            return self._text(value, path, truncated)
+        if kind is dict or kind is list or kind is tuple:
+            if depth > MAX_DEPTH:
+                truncated[render(path)] = "depth"
+                return DEEPER
+            if kind is dict:
+                return self._clean_dict(value, path, truncated, depth)
+            return [self._clean(item, (path, i), truncated, depth + 1)
+                    for i, item in enumerate(value)]
+        if kind is bytes:
             return f"<{len(value)} bytes>"
         return value
+
+    def _clean_dict(self, value: dict[Any, Any], path: Path, truncated: dict[str, Any],
+                    depth: int) -> dict[str, Any]:
+        out = {}
+        for key, item in value.items():
+            key = key if type(key) is str else describe(key)
+            name = self._text(key, path, truncated) if len(key) <= self._limit else \
+                self._text(key, (path, key[: self._limit]), truncated)
+            if item is not None and item != "" and self.is_secret_key(key):
+                out[name] = REDACTED
+            else:
+                out[name] = self._clean(item, (path, name), truncated, depth + 1)
+        return out
