@@ -54,8 +54,10 @@ _MAX_RECORD_BYTES = MAX_FRAME_BYTES // 2
 _MONITORED = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 #: Resends of one frame, each while the collector acknowledged others, before it is given up.
 _MAX_IGNORED = 5
-#: At exit, the part of the timeout kept for writing the spool (at most; a quarter of a short one).
-_SPOOL_SECONDS = 0.25
+#: At exit, delivering stops in time to write the rest to the spool at this (slow) speed, plus a
+#: fixed margin.
+_SPOOL_BYTES_PER_SECOND = 40 * 1024 * 1024
+_SPOOL_SECONDS = 0.1
 
 
 class Mode(enum.Enum):
@@ -339,8 +341,8 @@ class Sender:
               drain: bool = False) -> None:
         """Send what is due, fill the window, spill to disk what the window cannot take.
 
-        ``until``: stop cleaning and packing then (exit is near); ``drain``: spill the whole
-        queue past the window, not only what passes half the bounds.
+        ``until``: stop cleaning and packing then (without one: when exit begins); ``drain``:
+        spill the whole queue past the window, not only what passes half the bounds.
         """
         now = time.monotonic()
         for frame in list(self._in_flight.values()):
@@ -352,7 +354,7 @@ class Sender:
                         continue
                 if not self._send(sock, frame, now):
                     break
-        while len(self._in_flight) < self.settings.window_frames and not _past(until):
+        while len(self._in_flight) < self.settings.window_frames and not self._must_stop(until):
             waiting = self._next_frame(until)
             if waiting is None:
                 break
@@ -361,10 +363,14 @@ class Sender:
         if not self._queue:
             self._queue_since = None
             self._bytes_out = self._bytes_in
-        while (drain and self._queue or self._over_spill_mark()) and not _past(until):
+        while (drain and self._queue or self._over_spill_mark()) and not self._must_stop(until):
             packed = self._pack(until)
             if packed is not None:
                 self._spill(packed)
+
+    def _must_stop(self, until: float | None) -> bool:
+        """Time to stop cleaning and packing: ``until`` passed, or (without one) exit began."""
+        return self._stop_at is not None if until is None else time.monotonic() >= until
 
     def _over_spill_mark(self) -> bool:
         return (len(self._queue) > self.settings.queue_size // 2
@@ -387,7 +393,7 @@ class Sender:
                 return frame
         if self._queue:
             return self._pack(until)
-        while self._adopted:
+        while self._adopted and self._stop_at is None:  # at exit, they stay for the next one
             adopted = self._adopt(self._adopted.popleft())
             if adopted is not None:
                 return adopted
@@ -438,13 +444,13 @@ class Sender:
 
     def _pack(self, until: float | None = None) -> _Frame | None:
         """Clean and pack the oldest queued records into one frame (bounded in count and bytes);
-        ``None`` if none was packed (``until`` passed, or none could be encoded)."""
+        ``None`` if none was packed (time to stop, or none could be encoded)."""
         queue, settings = self._queue, self.settings
         packed: list[bytes] = []
         runs: Counter[Any] = Counter()
         size = 0
         while queue and len(packed) < settings.batch_max_events and size < settings.batch_max_bytes:
-            if until is not None and time.monotonic() >= until:
+            if self._must_stop(until):
                 break
             record = queue.popleft()
             self._bytes_out += _payload_bytes(record)
@@ -492,11 +498,11 @@ class Sender:
 
     def _finish(self, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes],
                 poller: zmq.Poller) -> None:
-        """Deliver until shortly before the deadline, then spool whatever is unacknowledged."""
+        """Deliver while the time left allows writing the rest to the spool, then write it."""
         stop_at = self._stop_at or time.monotonic()
-        spool_from = stop_at - min(_SPOOL_SECONDS, max(0.0, stop_at - time.monotonic()) / 4)
         window = self.settings.window_frames
         while True:
+            spool_from = stop_at - self._time_to_spool()
             self._pump(sock, until=spool_from)
             if not (self._in_flight or self._queue or self._backlog) or _past(spool_from):
                 break
@@ -509,6 +515,12 @@ class Sender:
         if undelivered:
             log.warning("tracking events were not all acknowledged in time; the rest wait in %s",
                         self._spool.directory)
+
+    def _time_to_spool(self) -> float:
+        """A generous estimate of the seconds that writing what is undelivered would take."""
+        unsaved = sum(len(f.data or b"") for f in self._in_flight.values() if f.path is None)
+        queued = self._bytes_in - self._bytes_out
+        return _SPOOL_SECONDS + (unsaved + queued) / _SPOOL_BYTES_PER_SECOND
 
     def _spool_pending(self, deadline: float | None) -> None:
         """Write what is undelivered to the spool: frames as they are, queued records raw (there

@@ -5,7 +5,10 @@ Each prints one line per fact the test needs (``key=value``).
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import os
+import resource
 import sys
 import time
 
@@ -85,6 +88,93 @@ def disabled() -> None:
     print(f"enabled={tracker.enabled} threads={threading.active_count()} "
           f"zmq={'zmq' in sys.modules} new_modules={len(set(sys.modules) - before)} "
           f"flush={tracker.flush(1)}", flush=True)
+
+
+PROSE = ("The capital budget rapidly grew as the therapist's team mapped every pipeline stage. ")
+
+
+def _prose(size: int) -> str:
+    """Ordinary text of ``size`` characters whose words make redaction take its slow path."""
+    return (PROSE * (size // len(PROSE) + 1))[:size]
+
+
+def emit_and_exit(count: str, text_chars: str = "0", flush: str = "0") -> None:
+    """Emit ``count`` messages (``text_chars`` of prose each) in a run and one in the implicit
+    run, then leave through atexit as programs do; prints how long the exit took."""
+    left_main = [0.0]
+    # Registered before the tracker's atexit hook, so it runs after it.
+    atexit.register(lambda: print(f"exit_seconds={time.monotonic() - left_main[0]:.3f}",
+                                  flush=True))
+    tracker = agent_shim.activate()
+    text = _prose(int(text_chars))
+    tracker.event("message", inputs={"i": 0})
+    print(f"implicit_run={tracker.scope().run.hex()}", flush=True)
+    with tracker.run("emit-and-exit") as run:
+        print(f"run={run.id.hex()}", flush=True)
+        for i in range(int(count)):
+            tracker.event("message", inputs={"i": i, "text": text})
+    if float(flush):
+        print(f"flushed={tracker.flush(float(flush))}", flush=True)
+    left_main[0] = time.monotonic()
+
+
+def big_payloads(count: str, mib: str) -> None:
+    """Emit ``count`` events of ``mib`` MiB each; prints the peak RSS before and after, in MiB."""
+    tracker = agent_shim.activate()
+    text = "x" * (int(float(mib) * 2**20))
+    with tracker.run("big") as run:
+        print(f"run={run.id.hex()}", flush=True)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        for i in range(int(count)):
+            tracker.event("message", inputs={"i": i, "text": text})
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak_rss_mib_before={before:.0f} peak_rss_mib_after={after:.0f}", flush=True)
+
+
+def _emit_in_child(task: int, count: int) -> int:
+    tracker = agent_shim.activate()
+    for i in range(count):
+        tracker.event("message", inputs={"task": task, "i": i})
+    return task
+
+
+def multiprocessing_children(how: str, tasks: str, count: str) -> None:
+    """Emit ``count`` events in each of ``tasks`` children (fork start method): ``process``
+    (mp.Process, started and joined) or ``pool`` (Pool(2).map inside ``with``, which exits
+    through terminate)."""
+    context = multiprocessing.get_context("fork")
+    tracker = agent_shim.activate()
+    with tracker.run("multiprocessing") as run:
+        print(f"run={run.id.hex()}", flush=True)
+        if how == "process":
+            children = [context.Process(target=_emit_in_child, args=(t, int(count)))
+                        for t in range(int(tasks))]
+            for child in children:
+                child.start()
+            for child in children:
+                child.join()
+            print(f"exit_codes={[c.exitcode for c in children]}", flush=True)
+        else:
+            with context.Pool(2) as pool:
+                pool.starmap(_emit_in_child, [(t, int(count)) for t in range(int(tasks))])
+    print(f"flushed={tracker.flush(30)}", flush=True)
+
+
+def deliver_spool(timeout: str = "60") -> None:
+    """Start a sender (it adopts what earlier processes left) and wait until the spool is
+    empty."""
+    tracker = agent_shim.activate()
+    tracker.event("message", inputs={"adopter": True})
+    spool = tracker._sink._spool.directory  # this collector's part of the spool
+
+    def spooled() -> list[str]:
+        return [p.name for p in spool.glob("*") if p.suffix in (".frame", ".raw")]
+
+    deadline = time.monotonic() + float(timeout)
+    while time.monotonic() < deadline and spooled():
+        time.sleep(0.1)
+    print(f"left={spooled()}", flush=True)
+    print(f"flushed={tracker.flush(30)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -131,5 +131,37 @@ def finish(process: subprocess.Popen[str], timeout: float = 120) -> str:
     return out
 
 
+def run_id(output: str, key: str = "run") -> uuid.UUID:
+    """The run id an agent program printed as ``key=<hex>``."""
+    line = next(line for line in output.splitlines() if line.startswith(f"{key}="))
+    return uuid.UUID(hex=line.split("=", 1)[1])
+
+
+def printed(output: str, key: str) -> str:
+    """The value an agent program printed as ``key=value`` (the first such)."""
+    return output.split(f"{key}=", 1)[1].split()[0]
+
+
+@dataclass
+class Tally:
+    """Where a run's messages went: stored (and how many distinct), counted as dropped."""
+
+    stored: int
+    distinct: int
+    dropped_for: dict[str, int]  # by reason
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.dropped_for.values())
+
+
+def tally(dsn: str, run: uuid.UUID) -> Tally:
+    row = fetch(dsn, "SELECT count(*), count(DISTINCT inputs - 'text') FROM execution_events "
+                "WHERE run_id = $1 AND event_type = 'message'", run)[0]
+    dropped = fetch(dsn, "SELECT reason, sum(count) FROM dropped_events WHERE run_id = $1 "
+                    "GROUP BY reason", run)
+    return Tally(row[0], row[1], {reason: int(n) for reason, n in dropped})
+
+
 def new_name(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:12]}"

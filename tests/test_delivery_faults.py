@@ -1,0 +1,156 @@
+"""Nothing lost silently: whatever goes wrong on the agent's side, every event the shim accepted
+is stored, or spooled and delivered by a later process, or counted as dropped in its run.
+
+Each test emits a known number of messages, lets a later process deliver what was spooled, then
+checks stored + counted == emitted, with nothing stored twice.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq.auth
+
+from .support import (CollectorProcess, agent, fetchval, printed, run_id, tally)
+
+EXIT_TIMEOUT = 2.0  # agent_env's
+
+
+def _deliver_spool(env: dict[str, str]) -> None:
+    output = agent(env, "deliver_spool").stdout
+    assert "left=[]" in output and "flushed=True" in output, output
+
+
+def _assert_accounted(dsn: str, run: uuid.UUID, emitted: int) -> None:
+    counts = tally(dsn, run)
+    assert counts.stored == counts.distinct, f"stored twice: {counts}"
+    assert counts.stored + counts.dropped == emitted, counts
+    assert fetchval(dsn, "SELECT status FROM workflow_runs WHERE id = $1", run) == "completed"
+
+
+@pytest.mark.parametrize("collector_up", [True, False], ids=["collector-up", "collector-down"])
+def test_exit_with_a_backlog_is_bounded_and_loses_nothing(
+        database: str, tmp_path: Path, agent_env: dict[str, str], collector_up: bool) -> None:
+    # 10,000 events of 4 KB prose whose words make redaction slow: far more than the sender can
+    # clean within the exit timeout.
+    collector = CollectorProcess(database, tmp_path, extra=("--no-migrate",))
+    if collector_up:
+        collector.start()
+    env = {**agent_env, "CMBAGENT_COLLECTOR_URL": collector.url}
+    output = agent(env, "emit_and_exit", "10000", "4096").stdout
+    assert float(printed(output, "exit_seconds")) <= EXIT_TIMEOUT + 0.5, output
+
+    if not collector_up:
+        collector.start()
+    _deliver_spool(env)
+    _assert_accounted(database, run_id(output), 10_000)
+    _assert_accounted(database, run_id(output, "implicit_run"), 1)  # its end came at exit
+    collector.kill()
+
+
+@pytest.mark.parametrize("how, tasks, count", [("process", 3, 2000), ("pool", 8, 1000)])
+def test_multiprocessing_children_deliver_before_they_end(
+        collector: CollectorProcess, agent_env: dict[str, str], how: str, tasks: int,
+        count: int) -> None:
+    env = {**agent_env, "CMBAGENT_COLLECTOR_URL": collector.url}
+    output = agent(env, "multiprocessing_children", how, str(tasks), str(count)).stdout
+    assert "flushed=True" in output, output
+    if how == "process":
+        assert printed(output, "exit_codes") == str([0] * tasks)
+    _deliver_spool(env)
+    _assert_accounted(collector.dsn, run_id(output), tasks * count)
+
+
+def _curve_settings(keys: Path, broken: str) -> dict[str, str]:
+    server_public, _ = zmq.auth.load_certificate(
+        zmq.auth.create_certificates(str(keys), "server")[0])
+    public_file, secret_file = zmq.auth.create_certificates(str(keys), "agent")
+    settings = {"CMBAGENT_CURVE_SERVER_KEY": server_public.decode(),
+                "CMBAGENT_CURVE_SECRET_KEY_FILE": secret_file}
+    if broken == "no secret key file":
+        settings["CMBAGENT_CURVE_SECRET_KEY_FILE"] = str(keys / "missing.key_secret")
+    elif broken == "public key file as the secret":
+        settings["CMBAGENT_CURVE_SECRET_KEY_FILE"] = public_file
+    else:
+        settings["CMBAGENT_CURVE_SERVER_KEY"] = "not a key"
+    return settings
+
+
+@pytest.mark.parametrize("broken, says", [
+    ("no secret key file", "cannot be read as a key pair"),
+    ("public key file as the secret", "holds a public key only"),
+    ("malformed server key", "is not a Z85 public key"),
+])
+def test_a_dead_sender_says_what_to_fix_once_and_its_events_are_delivered_later(
+        collector: CollectorProcess, agent_env: dict[str, str], tmp_path: Path, broken: str,
+        says: str) -> None:
+    env = {**agent_env, "CMBAGENT_COLLECTOR_URL": collector.url}
+    result = agent({**env, **_curve_settings(tmp_path / "keys", broken)},
+                   "emit_and_exit", "3000", "0", "5")
+    assert "flushed=False" in result.stdout, result.stdout  # at once: not after the 5 s
+    assert result.stderr.count(says) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert fetchval(collector.dsn, "SELECT count(*) FROM execution_events") == 0
+
+    _deliver_spool(env)  # a process with working settings
+    counts = tally(collector.dsn, run_id(result.stdout))
+    assert (counts.stored, counts.distinct, counts.dropped_for) == (3000, 3000, {})
+
+
+def test_agent_memory_is_bounded_in_bytes_with_the_collector_down(
+        database: str, tmp_path: Path, agent_env: dict[str, str]) -> None:
+    collector = CollectorProcess(database, tmp_path, extra=("--no-migrate",))
+    env = {**agent_env, "CMBAGENT_COLLECTOR_URL": collector.url}
+    output = agent(env, "big_payloads", "1500", "1").stdout  # 1.5 GiB of payloads
+    grown = float(printed(output, "peak_rss_mib_after")) - float(
+        printed(output, "peak_rss_mib_before"))
+    # The default bound: 64 MiB queued; past half of it events spill to the spool. The window
+    # of frames in flight holds cleaned (truncated) events only.
+    assert grown < 200, output
+    collector.start()
+    _deliver_spool(env)
+    _assert_accounted(database, run_id(output), 1500)
+    collector.kill()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB file system (tmpfs; the tests run as root)."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_counts_what_the_spool_cannot_take_and_leaves_no_partial_files(
+        database: str, tmp_path: Path, agent_env: dict[str, str], small_disk: Path) -> None:
+    collector = CollectorProcess(database, tmp_path, extra=("--no-migrate",))
+    env = {**agent_env, "CMBAGENT_COLLECTOR_URL": collector.url,
+           "CMBAGENT_SPOOL_DIR": str(small_disk / "spool")}
+    output = agent(env, "emit_and_exit", "30000", "100").stdout
+    assert not [p for p in small_disk.rglob("*") if p.suffix == ".tmp"]
+    collector.start()
+    _deliver_spool(env)
+    counts = tally(database, run_id(output))
+    assert counts.dropped > 0 and counts.stored > 0, counts  # the disk did fill up
+    _assert_accounted(database, run_id(output), 30_000)
+    collector.kill()
+
+
+def test_the_spool_is_private(agent_env: dict[str, str]) -> None:
+    env = {**agent_env, "CMBAGENT_COLLECTOR_URL": "tcp://127.0.0.1:9",
+           "CMBAGENT_EXIT_TIMEOUT": "0.2"}
+    agent(env, "emit_and_exit", "100")
+    spool = Path(agent_env["CMBAGENT_SPOOL_DIR"])
+    files = [p for p in spool.rglob("*") if p.is_file()]
+    assert files
+    assert {oct(p.stat().st_mode & 0o777) for p in [spool, *spool.iterdir()]} == {"0o700"}
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o600"}
+    assert os.stat(spool).st_uid == os.getuid()
