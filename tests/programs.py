@@ -153,7 +153,7 @@ def multiprocessing_children(how: str, tasks: str, count: str) -> None:
                 child.start()
             for child in children:
                 child.join()
-            print(f"exit_codes={[c.exitcode for c in children]}", flush=True)
+            print(f"exit_codes={','.join(str(c.exitcode) for c in children)}", flush=True)
         else:
             with context.Pool(2) as pool:
                 pool.starmap(_emit_in_child, [(t, int(count)) for t in range(int(tasks))])
