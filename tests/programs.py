@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import multiprocessing
 import os
+import re
 import resource
 import sys
 import time
@@ -168,7 +169,8 @@ def deliver_spool(timeout: str = "60") -> None:
     spool = tracker._sink._spool.directory  # this collector's part of the spool
 
     def spooled() -> list[str]:
-        return [p.name for p in spool.glob("*") if p.suffix in (".frame", ".raw")]
+        return [p.name for p in spool.glob("*")
+                if re.fullmatch(r"[0-9a-f]{16}-[0-9a-f]{16}\.(frame|raw)", p.name)]
 
     deadline = time.monotonic() + float(timeout)
     while time.monotonic() < deadline and spooled():

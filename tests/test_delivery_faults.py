@@ -16,7 +16,11 @@ from pathlib import Path
 import pytest
 import zmq.auth
 
-from .support import (CollectorProcess, agent, fetchval, printed, run_id, tally)
+from agent_shim.spool import destination_key
+from agent_shim.wire import encode_frame
+
+from .frames import good_records
+from .support import CollectorProcess, agent, fetchval, printed, run_id, tally
 
 EXIT_TIMEOUT = 2.0  # agent_env's
 
@@ -155,3 +159,49 @@ def test_the_spool_is_private(agent_env: dict[str, str]) -> None:
     assert {oct(p.stat().st_mode & 0o777) for p in [spool, *spool.iterdir()]} == {"0o700"}
     assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o600"}
     assert os.stat(spool).st_uid == os.getuid()
+
+
+def _frame_file(directory: Path, owner: str, seq: int, records: list[bytes]) -> Path:
+    batch_id = bytes.fromhex(owner) + seq.to_bytes(8, "big")
+    path = directory / f"{owner}-{seq:016x}.frame"
+    path.write_bytes(encode_frame(batch_id, {}, records))
+    return path
+
+
+def test_foreign_files_are_left_alone_and_a_damaged_frame_is_removed_and_counted(
+        collector: CollectorProcess, agent_env: dict[str, str]) -> None:
+    root = Path(agent_env["CMBAGENT_SPOOL_DIR"])
+    spool = root / destination_key((collector.url,))
+    spool.mkdir(parents=True)
+    foreign = [spool / "zz-01.frame", spool / "0123456789abcdef-zz.frame", spool / "notes.txt"]
+    for path in foreign:
+        path.write_bytes(b"not ours")
+    run, records = good_records(100)  # a session, the run's start, 100 messages, its end
+    whole = _frame_file(spool, "00000000000000aa", 1, records[:2] + records[-1:] + records[2:12])
+    damaged = _frame_file(spool, "00000000000000aa", 2, records[12:-1])
+    damaged.write_bytes(damaged.read_bytes()[:len(damaged.read_bytes()) // 2])
+    flat = _frame_file(root, "00000000000000bb", 1, records)  # the layout before destinations
+
+    result = agent({**agent_env, "CMBAGENT_COLLECTOR_URL": collector.url}, "deliver_spool")
+    assert "left=[]" in result.stdout and "flushed=True" in result.stdout, result.stdout
+    counts = tally(collector.dsn, uuid.UUID(bytes=run))
+    assert counts.stored == 10 and 0 < counts.dropped_for["spool_damaged"] < 90, counts
+    assert not damaged.exists() and not whole.exists()
+    assert all(path.read_bytes() == b"not ours" for path in foreign)
+    assert flat.exists() and "predate per-collector spool directories" in result.stderr
+
+
+def test_spooled_frames_go_only_to_the_collector_they_were_meant_for(
+        database: str, tmp_path: Path, agent_env: dict[str, str]) -> None:
+    meant_for = CollectorProcess(database, tmp_path / "meant-for", extra=("--no-migrate",))
+    other = CollectorProcess(database, tmp_path / "other", extra=("--no-migrate",)).start()
+    output = agent({**agent_env, "CMBAGENT_COLLECTOR_URL": meant_for.url},
+                   "emit_and_exit", "500").stdout
+    _deliver_spool({**agent_env, "CMBAGENT_COLLECTOR_URL": other.url})
+    assert tally(database, run_id(output)).stored == 0
+
+    meant_for.start()
+    _deliver_spool({**agent_env, "CMBAGENT_COLLECTOR_URL": meant_for.url})
+    _assert_accounted(database, run_id(output), 500)
+    for collector in (meant_for, other):
+        collector.kill()
