@@ -205,3 +205,19 @@ def test_spooled_frames_go_only_to_the_collector_they_were_meant_for(
     _assert_accounted(database, run_id(output), 500)
     for collector in (meant_for, other):
         collector.kill()
+
+
+def test_a_frame_the_collector_refuses_is_given_up_and_counted(
+        collector: CollectorProcess, agent_env: dict[str, str]) -> None:
+    # A spooled frame of more records than the collector takes in one frame (10,000): it is
+    # refused whole, every time. The shim stops resending it, deletes it and counts its events.
+    spool = Path(agent_env["CMBAGENT_SPOOL_DIR"]) / destination_key((collector.url,))
+    spool.mkdir(parents=True)
+    run, records = good_records(10_001)
+    _frame_file(spool, "00000000000000aa", 1, records[:2] + records[-1:])
+    refused = _frame_file(spool, "00000000000000aa", 2, records[2:-1])
+
+    _deliver_spool({**agent_env, "CMBAGENT_COLLECTOR_URL": collector.url})
+    counts = tally(collector.dsn, uuid.UUID(bytes=run))
+    assert (counts.stored, counts.dropped_for) == (0, {"refused": 10_001}), counts
+    assert not refused.exists()
