@@ -17,6 +17,7 @@ import atexit
 import os
 import signal
 import sys
+import threading
 import weakref
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -51,7 +52,10 @@ def _in_multiprocessing_child(tracker: Tracker) -> None:
 
     def shut_down_then_die(signum: int, frame: FrameType | None) -> None:
         signal.signal(signum, signal.SIG_DFL)
-        tracker.shutdown()
+        # On a thread of its own: this one may have been interrupted holding a lock it needs.
+        closer = threading.Thread(target=tracker.shutdown, name="cmbagent-tracking-sigterm")
+        closer.start()
+        closer.join(tracker.settings.exit_timeout + 1.0)
         os.kill(os.getpid(), signum)
 
     try:

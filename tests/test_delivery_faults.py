@@ -14,10 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import zmq
 import zmq.auth
 
 from agent_shim.spool import destination_key
-from agent_shim.wire import encode_frame
+from agent_shim.wire import ACK, decode_frame, encode_frame, encode_reply
 
 from .frames import good_records
 from .support import CollectorProcess, agent, fetchval, printed, run_id, tally
@@ -221,3 +222,39 @@ def test_a_frame_the_collector_refuses_is_given_up_and_counted(
     counts = tally(collector.dsn, uuid.UUID(bytes=run))
     assert (counts.stored, counts.dropped_for) == (0, {"refused": 10_001}), counts
     assert not refused.exists()
+
+
+def test_a_frame_never_acknowledged_while_others_are_is_given_up_and_counted(
+        agent_env: dict[str, str]) -> None:
+    # A collector that ignores one frame (as one that predates the refused reply does with a
+    # frame it cannot read) and acknowledges the rest: the frame is resent a few times, then
+    # given up; its events are counted, and the counts travel in later frames' headers.
+    context = zmq.Context()
+    collector = context.socket(zmq.ROUTER)
+    port = collector.bind_to_random_port("tcp://127.0.0.1")
+    env = {**agent_env, "CMBAGENT_COLLECTOR_URL": f"tcp://127.0.0.1:{port}",
+           "CMBAGENT_ACK_TIMEOUT": "0.2"}
+    running = agent(env, "emit", "5000", "0.03", "10", wait=False)
+    ignored: bytes | None = None
+    times_ignored, ignored_events, reported = 0, 0, []
+    try:
+        while running.poll() is None:
+            if not collector.poll(100):
+                continue
+            identity, frame = collector.recv_multipart()
+            batch_id, header, records = decode_frame(frame)
+            if ignored is None or batch_id == ignored:
+                # Counted per run: all but the session record.
+                ignored, ignored_events = batch_id, sum(r["k"] != "session" for r in records)
+                times_ignored += 1
+                continue
+            reported = header["drops"] or reported
+            collector.send_multipart([identity, encode_reply(ACK, [batch_id])])
+    finally:
+        collector.close(linger=0)
+        context.term()
+    output, errors = running.communicate()
+    assert "flushed=False" in output, output + errors  # an event of its own was given up
+    assert 2 <= times_ignored <= 7, times_ignored
+    assert [[reason, count] for _, reason, count in reported] == [
+        ["unacknowledged", ignored_events]], reported
