@@ -44,8 +44,16 @@ from zmq.utils.monitor import recv_monitor_message
 from .config import CURVE_SECRET_KEY_FILE, CURVE_SERVER_KEY, ShimSettings
 from .payload import PAYLOAD_FIELDS, Cleaner
 from .spool import Kind, Spool, SpoolFile
-from .wire import (ACK, MAX_FRAME_BYTES, REFUSED, WireError, decode_frame, decode_reply,
-                   encode_frame, pack_record)
+from .wire import (
+    ACK,
+    MAX_FRAME_BYTES,
+    REFUSED,
+    WireError,
+    decode_frame,
+    decode_reply,
+    encode_frame,
+    pack_record,
+)
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import asyncpg
 
@@ -109,6 +109,16 @@ class CollectorProcess:
 
     def log_text(self) -> str:
         return (self.data_dir / f"collector-{self.port}.log").read_text(errors="replace")
+
+
+@overload
+def agent(env: dict[str, str], *args: str, wait: Literal[True] = True,
+          timeout: float = 120) -> subprocess.CompletedProcess[str]: ...
+
+
+@overload
+def agent(env: dict[str, str], *args: str, wait: Literal[False],
+          timeout: float = 120) -> subprocess.Popen[str]: ...
 
 
 def agent(env: dict[str, str], *args: str, wait: bool = True,

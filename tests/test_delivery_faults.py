@@ -12,6 +12,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -60,7 +61,7 @@ def test_exit_with_a_backlog_is_bounded_and_loses_nothing(
 
 @pytest.mark.parametrize("how, tasks, count", [("process", 3, 2000), ("pool", 8, 1000)])
 def test_multiprocessing_children_deliver_before_they_end(
-        collector: CollectorProcess, agent_env: dict[str, str], how: str, tasks: int,
+        database: str, collector: CollectorProcess, agent_env: dict[str, str], how: str, tasks: int,
         count: int) -> None:
     env = {**agent_env, "CMBAGENT_COLLECTOR_URL": collector.url}
     output = agent(env, "multiprocessing_children", how, str(tasks), str(count)).stdout
@@ -68,7 +69,7 @@ def test_multiprocessing_children_deliver_before_they_end(
     if how == "process":
         assert printed(output, "exit_codes") == ",".join(["0"] * tasks)
     _deliver_spool(env)
-    _assert_accounted(collector.dsn, run_id(output), tasks * count)
+    _assert_accounted(database, run_id(output), tasks * count)
 
 
 def _curve_settings(keys: Path, broken: str) -> dict[str, str]:
@@ -93,17 +94,17 @@ def _curve_settings(keys: Path, broken: str) -> dict[str, str]:
     ("malformed server key", "is not a Z85 public key"),
 ])
 def test_a_dead_sender_says_what_to_fix_once_and_its_events_are_delivered_later(
-        collector: CollectorProcess, agent_env: dict[str, str], tmp_path: Path, broken: str,
+        database: str, collector: CollectorProcess, agent_env: dict[str, str], tmp_path: Path, broken: str,
         says: str) -> None:
     env = {**agent_env, "CMBAGENT_COLLECTOR_URL": collector.url}
     result = agent({**env, **_curve_settings(tmp_path / "keys", broken)},
                    "emit_and_exit", "3000", "0", "5")
     assert "flushed=False" in result.stdout, result.stdout  # at once: not after the 5 s
     assert result.stderr.count(says) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert fetchval(collector.dsn, "SELECT count(*) FROM execution_events") == 0
+    assert fetchval(database, "SELECT count(*) FROM execution_events") == 0
 
     _deliver_spool(env)  # a process with working settings
-    counts = tally(collector.dsn, run_id(result.stdout))
+    counts = tally(database, run_id(result.stdout))
     assert (counts.stored, counts.distinct, counts.dropped_for) == (3000, 3000, {})
 
 
@@ -170,7 +171,7 @@ def _frame_file(directory: Path, owner: str, seq: int, records: list[bytes]) -> 
 
 
 def test_foreign_files_are_left_alone_and_a_damaged_frame_is_removed_and_counted(
-        collector: CollectorProcess, agent_env: dict[str, str]) -> None:
+        database: str, collector: CollectorProcess, agent_env: dict[str, str]) -> None:
     root = Path(agent_env["CMBAGENT_SPOOL_DIR"])
     spool = root / destination_key((collector.url,))
     spool.mkdir(parents=True)
@@ -185,7 +186,7 @@ def test_foreign_files_are_left_alone_and_a_damaged_frame_is_removed_and_counted
 
     result = agent({**agent_env, "CMBAGENT_COLLECTOR_URL": collector.url}, "deliver_spool")
     assert "left=[]" in result.stdout and "flushed=True" in result.stdout, result.stdout
-    counts = tally(collector.dsn, uuid.UUID(bytes=run))
+    counts = tally(database, uuid.UUID(bytes=run))
     assert counts.stored == 10 and 0 < counts.dropped_for["spool_damaged"] < 90, counts
     assert not damaged.exists() and not whole.exists()
     assert all(path.read_bytes() == b"not ours" for path in foreign)
@@ -209,7 +210,7 @@ def test_spooled_frames_go_only_to_the_collector_they_were_meant_for(
 
 
 def test_a_frame_the_collector_refuses_is_given_up_and_counted(
-        collector: CollectorProcess, agent_env: dict[str, str]) -> None:
+        database: str, collector: CollectorProcess, agent_env: dict[str, str]) -> None:
     # A spooled frame of more records than the collector takes in one frame (10,000): it is
     # refused whole, every time. The shim stops resending it, deletes it and counts its events.
     spool = Path(agent_env["CMBAGENT_SPOOL_DIR"]) / destination_key((collector.url,))
@@ -219,7 +220,7 @@ def test_a_frame_the_collector_refuses_is_given_up_and_counted(
     refused = _frame_file(spool, "00000000000000aa", 2, records[2:-1])
 
     _deliver_spool({**agent_env, "CMBAGENT_COLLECTOR_URL": collector.url})
-    counts = tally(collector.dsn, uuid.UUID(bytes=run))
+    counts = tally(database, uuid.UUID(bytes=run))
     assert (counts.stored, counts.dropped_for) == (0, {"refused": 10_001}), counts
     assert not refused.exists()
 
@@ -236,7 +237,8 @@ def test_a_frame_never_acknowledged_while_others_are_is_given_up_and_counted(
            "CMBAGENT_ACK_TIMEOUT": "0.2"}
     running = agent(env, "emit", "5000", "0.03", "10", wait=False)
     ignored: bytes | None = None
-    times_ignored, ignored_events, reported = 0, 0, []
+    times_ignored, ignored_events = 0, 0
+    reported: list[list[Any]] = []
     try:
         while running.poll() is None:
             if not collector.poll(100):
