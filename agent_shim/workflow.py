@@ -101,7 +101,7 @@ def node_for_agent(scope: Scope, agent_name: str) -> Scope:
     lookup when the node is not a workflow node, two when the agent's node exists.
     """
     owner = _WORK_NODES.get(scope.node)
-    if owner is None:
+    if owner is None or not isinstance(agent_name, str):  # only a name gets a node of its own
         return scope
     node = owner.agent_node(agent_name)
     if node == scope.node:
