@@ -192,8 +192,8 @@ def _refusal(piece: list[Decoded], error: Exception) -> list[Quarantined]:
     for frame in piece:
         table, row = frame.rows[0]
         count = len(frame.rows)
-        what = f"{table.name} row" if count == 1 else f"{count} rows refused together (the " \
-            f"first is kept; the search for the bad ones ran out of budget)"
+        what = (f"{table.name} row" if count == 1 else f"{count} rows refused together (the "
+                "first is kept; the search for the bad ones ran out of budget)")
         refusals.append(Quarantined(reason, f"{what}: {detail}", repr(row).encode(
             errors="replace")[:QUARANTINE_PAYLOAD_BYTES], frame.sender, count))
     return refusals

@@ -93,7 +93,6 @@ def test_curve_accepts_allow_listed_clients_and_refuses_the_rest(
     from .test_delivery import _run_id
 
     server_public, server_secret = _keys(tmp_path / "server", "collector")
-    _keys(tmp_path / "allowed", "trusted")
     _, trusted_secret = _keys(tmp_path / "allowed", "trusted")  # the allow-list holds trusted.key
     _, stranger_secret = _keys(tmp_path / "strangers", "stranger")
     collector = CollectorProcess(database, tmp_path, extra=(
