@@ -401,7 +401,9 @@ class Sender:
                 return frame
         if self._queue:
             return self._pack(until)
-        while self._adopted and self._stop_at is None:  # at exit, they stay for the next one
+        while self._adopted:
+            if self._stop_at is not None and self._adopted[0].kind is Kind.RAW:
+                break  # cleaning takes time that exit does not have: left for the next process
             adopted = self._adopt(self._adopted.popleft())
             if adopted is not None:
                 return adopted
