@@ -11,8 +11,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "examples"))
 
-import agent_shim  # noqa: E402
-from secret_corpus import KEYS, ORDINARY, TEXTS  # noqa: E402
+import agent_shim
+from secret_corpus import KEYS, ORDINARY, TEXTS
 
 PLANTED = [text for _, text in TEXTS.values()]
 
@@ -25,21 +25,24 @@ def explicit() -> bool:
     tracker = agent_shim.activate()
     for text in PLANTED:
         secret_payload = {text: text, "text": text, "list": [text, {"deeper": text}], **KEYS}
-        with tracker.run(text, note=text, **KEYS) as run:  # the session is named after the task
-            with run.phase(text, note=text) as phase, run.step(1, text, note=text) as step:
-                tracker.event(text, subtype=text, agent_name=text, status="completed",
-                              inputs=secret_payload, outputs=[text, secret_payload],
-                              meta={"note": text, **KEYS}, error=text)
-                with tracker.span("tool_call", subtype=text, agent_name=text,
-                                  inputs=secret_payload, meta={"note": text}):
-                    tracker.cost(model=text, agent_name=text, prompt_tokens=3,
-                                 completion_tokens=4, total_tokens=7, cost_usd=0.01)
-                tracker.record(edge_record(Scope(run.id, run.session_id), phase.id, step.id,
-                                           text, condition=text))
-                run.skip(2, text, reason=text)
+        # The run's session is named after its task.
+        with tracker.run(text, note=text, **KEYS) as run, run.phase(text, note=text) as phase, \
+                run.step(1, text, note=text) as step:
+            tracker.event(text, subtype=text, agent_name=text, status="completed",
+                          inputs=secret_payload, outputs=[text, secret_payload],
+                          meta={"note": text, **KEYS}, error=text)
+            with tracker.span("tool_call", subtype=text, agent_name=text,
+                              inputs=secret_payload, meta={"note": text}):
+                tracker.cost(model=text, agent_name=text, prompt_tokens=3,
+                             completion_tokens=4, total_tokens=7, cost_usd=0.01)
+            tracker.record(edge_record(Scope(run.id, run.session_id), phase.id, step.id,
+                                       text, condition=text))
+            run.skip(2, text, reason=text)
     tracker.open_session(name=PLANTED[0], meta={"note": PLANTED[0], **KEYS})
     with tracker.run("ordinary"):
         tracker.event("ordinary", agent_name="planner", inputs=ORDINARY, meta=ORDINARY)
+        tracker.event("odd text", agent_name="nul\x00agent \ud83d", error="half \ud83d",
+                      inputs={"nul": "a\x00b", "surrogate": "half \ud83d"})
     return tracker.flush(60)
 
 

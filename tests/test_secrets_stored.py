@@ -23,7 +23,7 @@ PROGRAM = Path(__file__).with_name("secret_program.py")
 def run_program(name: str, collector: CollectorProcess, agent_env: dict[str, str]) -> None:
     env = {**__import__("os").environ, **agent_env, "CMBAGENT_COLLECTOR_URL": collector.url}
     result = subprocess.run([sys.executable, str(PROGRAM), name], env=env, capture_output=True,
-                            text=True, timeout=180)
+                            text=True, timeout=180, check=False)
     assert result.returncode == 0 and "flushed=True" in result.stdout, result.stderr
 
 
@@ -37,7 +37,7 @@ def pg_dump(dsn: str) -> str:
     errors = []
     for command in filter(None, candidates):
         result = subprocess.run([command, "--dbname", dsn], capture_output=True, text=True,
-                                timeout=120)
+                                timeout=120, check=False)
         if result.returncode == 0:
             return result.stdout
         errors.append(f"{command}: {result.stderr.strip()}")
@@ -62,6 +62,11 @@ def test_explicit_api_stores_no_secret_and_keeps_ordinary_fields(
                   "WHERE event_type = 'ordinary'")
     assert json.loads(row["inputs"]) == ORDINARY and json.loads(row["meta"]) == ORDINARY
     assert row["agent_name"] == "planner"
+    # NUL (by the collector) and lone surrogates (by the shim) become U+FFFD; the event stays.
+    [odd] = fetch(collector.dsn, "SELECT inputs, agent_name, error_message FROM execution_events "
+                  "WHERE event_type = 'odd text'")
+    assert json.loads(odd["inputs"]) == {"nul": "a\ufffdb", "surrogate": "half \ufffd"}
+    assert odd["agent_name"] == "nul\ufffdagent \ufffd" and odd["error_message"] == "half \ufffd"
     assert fetchval(collector.dsn, "SELECT count(*) FROM quarantine") == 0
     # Every field of the planted runs arrived (none dropped for what it carried).
     assert fetchval(collector.dsn, "SELECT count(*) FROM workflow_runs") == len(TEXTS) + 1
