@@ -14,7 +14,7 @@ import msgpack
 import pytest
 import zmq
 
-from agent_shim.wire import VERSION, decode_reply, encode_frame, new_id, pack_record
+from agent_shim.wire import VERSION, decode_reply, encode_frame, new_id
 
 from .frames import good_records
 from .support import CollectorProcess, fetch, free_port
@@ -51,6 +51,11 @@ def bad_record_frames() -> list[list[bytes]]:
     return frames
 
 
+def tiny_bad_records() -> list[list[bytes]]:
+    """Three 2 MB frames of 2,000,000 one-byte records that are not maps."""
+    return [[_envelope(new_id(), {}, 2_000_000) + b"\x01" * 2_000_000] for _ in range(3)]
+
+
 def multipart(parts: int, part_bytes: int) -> Callable[[], list[list[bytes]]]:
     """One message of many parts, each under the per-part limit, far over it in total."""
     def make() -> list[list[bytes]]:
@@ -73,6 +78,7 @@ CASES = {
     # case: (messages, extra collector flags, peak growth allowed, quarantine rows expected)
     "nil_records": (nil_records, (), 48 * MiB, 1),
     "bad_records": (bad_record_frames, (), 96 * MiB, 3 * 101),
+    "tiny_bad_records": (tiny_bad_records, (), 96 * MiB, 3),
     # 24 parts as in the report, 8 MiB instead of 25 MiB each (this machine is shared): ZeroMQ
     # holds the whole message (192 MiB) before the first part can be read; the collector adds
     # little to that, where it used to hold the parts and their join besides (3x).
@@ -112,7 +118,7 @@ def test_hostile_frames_stay_within_the_memory_bound(case: str, database: str,
         assert collector.process is not None
         pid = collector.process.pid
         _send_and_wait(collector.url, [])  # warm: a pool connection, a committed batch
-        rss_before, peak_before = _memory(pid)
+        rss_before, _ = _memory(pid)
         messages = make()
         _send_and_wait(collector.url, messages)
         del messages
