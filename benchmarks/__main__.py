@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 
-PARTS = ("emit", "workflow", "throughput", "latency", "reads", "memory")
+PARTS = ("emit", "workflow", "throughput", "latency", "reads", "memory", "redaction")
 REQUIREMENTS = {"opentelemetry.sdk": "opentelemetry-sdk", "sqlalchemy": "SQLAlchemy",
                 "psycopg2": "psycopg2-binary", "psutil": "psutil", "autogen": "ag2",
                 "asyncpg": "asyncpg (the [collector] extra)"}
