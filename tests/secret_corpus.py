@@ -30,8 +30,8 @@ TEXTS: dict[str, tuple[str, str]] = {
     "stripe_restricted": ("rk_live_51HqZx7Kp2Lm9Qw4Zr6Vb1Nm4",
                           "restricted rk_live_51HqZx7Kp2Lm9Qw4Zr6Vb1Nm4 key"),
     "jwt": ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJjbWJhZ2VudCJ9.UGxhbnRlZEp3dFNpZ25hdHVyZQ",
-            "session eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJjbWJhZ2VudCJ9."
-            "UGxhbnRlZEp3dFNpZ25hdHVyZQ expired"),
+            ("session eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJjbWJhZ2VudCJ9."
+             "UGxhbnRlZEp3dFNpZ25hdHVyZQ expired")),
     "pem": (PEM_BODY, f"-----BEGIN RSA PRIVATE KEY-----\n{PEM_BODY}\n-----END RSA PRIVATE KEY-----"),
     "basic": ("Y21iYWdlbnQ6aHVudGVyMl9wbGFudGVk",
               "curl -H 'Authorization: Basic Y21iYWdlbnQ6aHVudGVyMl9wbGFudGVk' https://x.org"),
