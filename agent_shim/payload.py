@@ -202,6 +202,11 @@ def describe(value: Any) -> str:
         return f"<unprintable {type(value).__name__}>"
 
 
+def describe_error(exc: BaseException) -> str:
+    """``"TypeName: message"`` for the ``error`` of a failed span; never raises."""
+    return f"{type(exc).__name__}: {describe(exc)}"
+
+
 def _int_text(value: int) -> str:
     try:
         return str(value)

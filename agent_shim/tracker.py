@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .config import ShimSettings
 from .context import CURRENT, Scope
-from .payload import snapshot
+from .payload import describe_error, snapshot
 from .wire import new_id, now_us
 from .workflow import DISABLED_RUN, DisabledRun, node_for_agent
 
@@ -252,7 +252,7 @@ class SpanScope:
         if self.span is not None:
             failed = exc is not None
             self._tracker.end_span(self.span, status="failed" if failed else "completed",
-                                   error=f"{type(exc).__name__}: {exc}" if failed else None)
+                                   error=describe_error(exc) if failed else None)
 
     async def __aenter__(self) -> Span:
         return self.__enter__()

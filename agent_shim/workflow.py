@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .context import CURRENT, Scope
-from .payload import snapshot
+from .payload import describe_error, snapshot
 from .wire import new_id, now_us
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def edge_record(scope: Scope, source: bytes, target: bytes, dependency_type: str
 
 
 def _describe(exc: BaseException | None) -> str | None:
-    return None if exc is None else f"{type(exc).__name__}: {exc}"
+    return None if exc is None else describe_error(exc)
 
 
 # --- sub-agent nodes: the tracker's hook ------------------------------------------------------

@@ -199,3 +199,19 @@ def test_nesting_is_cut_at_the_documented_depth_and_recorded(levels: int) -> Non
 def test_a_cycle_is_cut_where_it_closes() -> None:
     record = Cleaner().clean_record({"inputs": snapshot(cycle())})
     assert record["inputs"] == {"name": "outer", "self": [CYCLE, {"back": CYCLE}]}
+
+
+class Opaque(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+
+def test_an_exception_whose_str_raises_reaches_the_program_unchanged(own_scope: None) -> None:
+    sink = ListSink()
+    tracker = Tracker(ShimSettings(collector_urls=("inproc://capture-safety",)), sink)
+    with pytest.raises(Opaque):
+        with tracker.run("task") as run, run.phase("planning"), tracker.span("tool_call"):
+            raise Opaque()
+    failed = [r for r in sent(sink) if r.get("status") == "failed"]
+    assert {r["k"] for r in failed} == {"run", "node", "event"}  # the span, phase and run
+    assert {r["error"] for r in failed} == {"Opaque: Opaque()"}  # its repr
