@@ -117,16 +117,20 @@ class Table:
         return {c.name: RULES[c.rule][0](old.get(c.name), new.get(c.name)) if c.rule != "key"
                 else old[c.name] for c in self.columns}
 
+    @functools.cached_property
+    def _checked(self) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
+        return tuple((c.name, c.prepare) for c in self.columns if c.prepare is not _same)
+
     def prepare(self, row: Row) -> Row:
         """The row as stored (jsonb encoded, text cleaned), every value checked against its
         column's declared type; raises :class:`ColumnError` naming the column."""
-        for column in self.columns:
-            value = row.get(column.name)
+        for name, prepare in self._checked:
+            value = row.get(name)
             if value is not None:
                 try:
-                    row[column.name] = column.prepare(value)
+                    row[name] = prepare(value)
                 except ColumnError as exc:
-                    raise ColumnError(f"{self.name}.{column.name}: {exc}") from None
+                    raise ColumnError(f"{self.name}.{name}: {exc}") from None
         return row
 
     def as_tuple(self, row: Row, order: int) -> tuple[Any, ...]:
@@ -180,8 +184,9 @@ def jsonb_text(value: Any) -> str:
             text = json.dumps(_jsonable(value), ensure_ascii=False, separators=(",", ":"))
     except RecursionError:
         raise ColumnError(f"nested deeper than {JSONB_MAX_DEPTH} levels") from None
-    # Each level costs two characters: short texts cannot be too deep.
-    if len(text) > 2 * JSONB_MAX_DEPTH and _depth_exceeds(value, JSONB_MAX_DEPTH):
+    # Each level opens a bracket: with few brackets in the text, the value cannot be too deep.
+    if (text.count("[") + text.count("{") > JSONB_MAX_DEPTH
+            and _depth_exceeds(value, JSONB_MAX_DEPTH)):
         raise ColumnError(f"nested deeper than {JSONB_MAX_DEPTH} levels")
     return text
 
