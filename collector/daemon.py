@@ -31,7 +31,7 @@ from agent_shim.wire import ACK, REFUSED, encode_reply
 from . import schema
 from .health import serve_health
 from .metrics import Metrics
-from .pipeline import Decoded, decode, refused
+from .pipeline import QUARANTINE_PAYLOAD_BYTES, Decoded, decode, refused
 from .settings import Settings
 from .store import Store
 
@@ -163,13 +163,13 @@ class Collector:
                 break
             frame, size = self._receive_rest()
             self.metrics.received(size)
+            self._pending_bytes += len(frame)
             if size > self.settings.max_message_bytes:
                 self._refused_early.append(refused(
                     identity, frame, "oversize",
                     f"a multipart message of {size} bytes > {self.settings.max_message_bytes}"))
-                continue
-            self._pending.append((identity, frame))
-            self._pending_bytes += len(frame)
+            else:
+                self._pending.append((identity, frame))
             if self._pending_bytes >= self.settings.max_pending_bytes:
                 self.metrics.reading_paused.inc()
                 log.warning("holding %d bytes: not reading until the database catches up",
@@ -191,7 +191,7 @@ class Collector:
             if size <= limit:
                 parts.append(part)
             elif parts:
-                parts = [parts[0][:64 * 1024]]
+                parts = [parts[0][:QUARANTINE_PAYLOAD_BYTES]]
         return b"".join(parts), size
 
     def _count_pending(self) -> None:
@@ -218,6 +218,7 @@ class Collector:
     def _take_batch(self) -> list[Decoded]:
         settings = self.settings
         batch, self._refused_early = self._refused_early, []
+        self._pending_bytes -= sum(len(d.quarantined[0].payload) for d in batch)  # their heads
         records = frame_bytes = 0
         while (self._pending and records < settings.batch_max_events
                and frame_bytes < settings.batch_max_bytes):
