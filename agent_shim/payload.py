@@ -114,9 +114,11 @@ _SEPARATOR = re.compile(r"[:=]")
 _NAME_BACKWARDS = re.compile(
     r"[ \t]*[\"']?\\?(?:(?i:" + _backwards(_SECRET_NAMES) + r"|yek[_\-]?(?:"
     + _backwards(_SECRET_KEY_QUALIFIERS) + r"))|YEK_[A-Z0-9])")
-#: What follows the separator: kept (group 1), then the value (quoted: up to its quote).
+#: What follows the separator: kept (group 1: an authorization scheme stays readable, and is
+#: never taken for the value), then the value (quoted: up to its quote).
 _VALUE_AFTER = re.compile(
     r"([ \t]*\\?[\"']?(?i:(?:basic|bearer|token|digest)[ \t]+)?)"
+    r"(?!(?i:basic|bearer|token|digest)[ \t])"
     r"(?:(?<=[\"'])[^\"'\\\n]+|(?!(?i:none|null|true|false)\b)[^\s\"'\\`,;&<>(){}\[\]]{3,})")
 
 
