@@ -119,6 +119,21 @@ def emit_and_exit(count: str, text_chars: str = "0", flush: str = "0") -> None:
     left_main[0] = time.monotonic()
 
 
+def emit_wait_emit(count: str) -> None:
+    """Emit ``count`` messages in a run (pausing every 80, so that the sender keeps up), wait for
+    a line on stdin, emit ``count`` more at once, exit."""
+    tracker = agent_shim.activate()
+    with tracker.run("wait-between") as run:
+        print(f"run={run.id.hex()}", flush=True)
+        for half in range(2):
+            for i in range(int(count)):
+                tracker.event("message", inputs={"i": half * int(count) + i})
+                if half == 0 and i % 80 == 79:
+                    time.sleep(0.002)
+            if half == 0:
+                print("waiting", flush=True)
+                sys.stdin.readline()
+
 def big_payloads(count: str, mib: str) -> None:
     """Emit ``count`` events of ``mib`` MiB each; prints the peak RSS before and after, in MiB."""
     tracker = agent_shim.activate()

@@ -127,8 +127,8 @@ def agent(env: dict[str, str], *args: str, wait: bool = True,
     command = [sys.executable, str(PROGRAMS), *args]
     full_env = {**os.environ, **env}
     if not wait:
-        return subprocess.Popen(command, env=full_env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(command, env=full_env, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     result = subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr
     return result

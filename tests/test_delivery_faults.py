@@ -22,7 +22,8 @@ from agent_shim.spool import destination_key
 from agent_shim.wire import ACK, decode_frame, encode_frame, encode_reply
 
 from .frames import good_records
-from .support import CollectorProcess, agent, fetchval, printed, run_id, tally
+from .support import (CollectorProcess, agent, fetch, fetchval, finish, printed, run_id, tally,
+                      wait_for)
 
 EXIT_TIMEOUT = 2.0  # agent_env's
 
@@ -33,11 +34,14 @@ def _deliver_spool(env: dict[str, str]) -> None:
 
 
 def _assert_accounted(dsn: str, run: uuid.UUID, messages: int) -> None:
-    """Each of the run's messages, and its end record, is stored once or counted as dropped."""
+    """Each of the run's records (its start, its messages, its end) is stored once or counted as
+    dropped."""
     counts = tally(dsn, run)
     assert counts.stored == counts.distinct, f"stored twice: {counts}"
-    ended = fetchval(dsn, "SELECT completed_at IS NOT NULL FROM workflow_runs WHERE id = $1", run)
-    assert counts.stored + ended + counts.dropped == messages + 1, (counts, ended)
+    started, ended = fetch(dsn, "SELECT started_at IS NOT NULL, completed_at IS NOT NULL "
+                           "FROM workflow_runs WHERE id = $1", run)[0]
+    assert counts.stored + started + ended + counts.dropped == messages + 2, (counts, started,
+                                                                               ended)
 
 
 @pytest.mark.parametrize("collector_up", [True, False], ids=["collector-up", "collector-down"])
@@ -149,6 +153,39 @@ def test_a_full_disk_counts_what_the_spool_cannot_take_and_leaves_no_partial_fil
     counts = tally(database, run_id(output))
     assert counts.dropped > 0 and counts.stored > 0, counts  # the disk did fill up
     _assert_accounted(database, run_id(output), 30_000)
+    collector.kill()
+
+
+def test_a_disk_others_fill_up_still_takes_the_drop_counts(
+        database: str, tmp_path: Path, agent_env: dict[str, str], small_disk: Path) -> None:
+    # The agent has spooled some frames when another process takes the last free byte (a
+    # shared quota): what it cannot spool afterwards is counted, in room it reserved.
+    collector = CollectorProcess(database, tmp_path, extra=("--no-migrate",))
+    env = {**agent_env, "CMBAGENT_COLLECTOR_URL": collector.url,
+           "CMBAGENT_SPOOL_DIR": str(small_disk / "spool"), "CMBAGENT_QUEUE_SIZE": "100"}
+    running = agent(env, "emit_wait_emit", "10000", wait=False)
+    assert running.stdout is not None and running.stdin is not None
+    lines = [running.stdout.readline() for _ in range(2)]
+    assert lines[1] == "waiting\n", lines
+    wait_for(lambda: list(small_disk.rglob("*.frame")))
+    filler = os.open(small_disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(filler, bytes(4096)):
+            pass
+    except OSError:  # ENOSPC: the disk is full
+        pass
+    finally:
+        os.close(filler)
+    running.stdin.write("go\n")
+    running.stdin.flush()
+    output = lines[0] + finish(running)
+
+    (small_disk / "filler").unlink()
+    collector.start()
+    _deliver_spool(env)
+    counts = tally(database, run_id(output))
+    assert counts.dropped_for.get("spool_full", 0) > 0, counts
+    _assert_accounted(database, run_id(output), 20_000)
     collector.kill()
 
 
