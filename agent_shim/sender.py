@@ -141,6 +141,7 @@ class Sender:
     # --- the caller's side (any thread) ---------------------------------------------------
 
     def submit(self, record: Record) -> None:
+        """Queue a record (the caller's hot path: no lock, no I/O unless past the bounds)."""
         mode = self.mode
         if mode is Mode.CLOSING:
             self._drop(record, "after_shutdown")
@@ -157,6 +158,8 @@ class Sender:
             self._wake()
 
     def flush(self, timeout: float) -> bool:
+        """Wait until everything submitted so far is committed; ``False`` on timeout, once an
+        event of this process was dropped, or once the thread has failed."""
         if self.mode is Mode.FAILED:
             return False
         if self._thread is None or self._finished.is_set():

@@ -22,8 +22,17 @@ from agent_shim.spool import destination_key
 from agent_shim.wire import ACK, decode_frame, encode_frame, encode_reply
 
 from .frames import good_records
-from .support import (CollectorProcess, agent, fetch, fetchval, finish, printed, run_id, tally,
-                      wait_for)
+from .support import (
+    CollectorProcess,
+    agent,
+    fetch,
+    fetchval,
+    finish,
+    printed,
+    run_id,
+    tally,
+    wait_for,
+)
 
 EXIT_TIMEOUT = 2.0  # agent_env's
 
