@@ -252,7 +252,7 @@ class SpanScope:
         if self.span is not None:
             failed = exc is not None
             self._tracker.end_span(self.span, status="failed" if failed else "completed",
-                                   error=describe_error(exc) if failed else None)
+                                   error=describe_error(exc) if exc is not None else None)
 
     async def __aenter__(self) -> Span:
         return self.__enter__()
