@@ -76,6 +76,7 @@ class Spool:
         self._lock_fd: int | None = None
         self._adopted_locks: dict[str, int] = {}
         self._size: int | None = None
+        self._refusing = False  # the last write failed
 
     def put(self, seq: int, data: bytes, kind: Kind = Kind.FRAME) -> Path | None:
         """Write a file within the bound; ``None`` if the bound is reached or the disk refuses."""
@@ -86,8 +87,12 @@ class Spool:
             self._hold_own_lock()
             path = self._write(self._name(seq, kind), data)
         except OSError as exc:
-            log.warning("cannot write to the spool %s: %s", self.directory, exc)
+            if not self._refusing:  # once, not for each frame of a full disk
+                log.warning("cannot write to the spool %s: %s; events that do not fit in memory "
+                            "are dropped and counted", self.directory, exc)
+            self._refusing = True
             return None
+        self._refusing = False
         self._size = size + len(data)
         return path
 
@@ -105,6 +110,8 @@ class Spool:
         """Turn an adopted raw file into the frame file of the same name; raises ``OSError``."""
         path = self._write(old.with_suffix(".frame").name, data)
         self.remove(old)
+        if self._size is not None:
+            self._size += len(data)
         return path
 
     def remove(self, path: Path) -> None:
