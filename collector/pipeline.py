@@ -21,8 +21,19 @@ import msgpack
 
 from agent_shim.wire import PHASES, WireError, decode_frame, peek_batch_id
 
-from .tables import (COSTS, DROPS, EDGES, EVENTS, NODES, RUNS, SESSIONS, ColumnError, Row, Table,
-                     clean_text)
+from .tables import (
+    COSTS,
+    DROPS,
+    EDGES,
+    EVENTS,
+    NODES,
+    RUNS,
+    SESSIONS,
+    ColumnError,
+    Row,
+    Table,
+    clean_text,
+)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 MAX_TEXT = 10_000  # names, statuses, error messages: payloads go in jsonb columns

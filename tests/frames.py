@@ -8,7 +8,14 @@ import msgpack
 import zmq
 
 from agent_shim.testing import recording_tracker
-from agent_shim.wire import MAX_FRAME_BYTES, VERSION, decode_reply, encode_frame, new_id, pack_record
+from agent_shim.wire import (
+    MAX_FRAME_BYTES,
+    VERSION,
+    decode_reply,
+    encode_frame,
+    new_id,
+    pack_record,
+)
 
 from .support import CollectorProcess, fetch, fetchval, wait_for
 

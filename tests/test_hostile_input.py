@@ -17,7 +17,15 @@ import msgpack
 import zmq
 
 from agent_shim.testing import recording_tracker
-from agent_shim.wire import REFUSED, VERSION, decode_reply, encode_frame, new_id, now_us, pack_record
+from agent_shim.wire import (
+    REFUSED,
+    VERSION,
+    decode_reply,
+    encode_frame,
+    new_id,
+    now_us,
+    pack_record,
+)
 from collector.pipeline import Decoded, decode
 from collector.store import SPLIT_BUDGET_PER_LEVEL, Store
 from collector.tables import EVENTS
@@ -224,7 +232,7 @@ def test_one_refused_row_among_ten_thousand_is_quarantined_alone(database: str) 
 def test_a_local_encoding_error_is_a_data_error_not_a_stall(database: str) -> None:
     """A value the checks let through by mistake fails while the batch is encoded here."""
     run, frame = _events_frame(1_000, bad=set())
-    table, row = next((t, r) for t, r in frame.rows if t is EVENTS)
+    row = next(r for t, r in frame.rows if t is EVENTS)
     frame.rows.append((EVENTS, {**row, "id": uuid.uuid4(), "depth": 2**40}))  # unchecked
 
     result = _write(database, [frame])
