@@ -21,7 +21,7 @@ import logging
 import signal
 import time
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.auth
@@ -62,16 +62,16 @@ class Collector:
     async def serve(self, *, handle_signals: bool = True) -> None:
         """Run until :meth:`stop` (or a signal); commits what it holds before returning."""
         self._loop = asyncio.get_running_loop()
-        self._bind()
         if handle_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(signum, self.stop, signum)
         health = None
         if self.settings.metrics_bind:
             health = await serve_health(self.settings.metrics_bind, self.metrics, self.readiness)
-        self._resume_reading()
-        log.info("collector listening on %s", ", ".join(self.settings.bind))
         try:
+            self._bind()  # after the health endpoint: once agents can connect, it answers too
+            self._resume_reading()
+            log.info("collector listening on %s", ", ".join(self.settings.bind))
             await self._write_loop()
         finally:
             self._pause_reading()
@@ -156,7 +156,7 @@ class Collector:
 
     def _drain(self) -> None:
         sock = self._socket
-        while self._reading and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while self._reading and cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             try:
                 identity = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
