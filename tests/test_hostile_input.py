@@ -32,7 +32,8 @@ from collector.tables import EVENTS
 
 from .support import CollectorProcess, fetch, fetchval
 
-MAX = 8 * 1024 * 1024
+MiB = 1024 * 1024
+MAX = 8 * MiB
 
 
 def workflow_records(events: int = 3) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -60,15 +61,17 @@ def pack_with_deep_inputs(record: dict[str, Any], levels: int) -> bytes:
     return pack_record({**record, "inputs": marker}).replace(msgpack.packb(marker), nested(levels))
 
 
-def exchange(url: str, frames: list[bytes], expect: set[bytes]) -> dict[str, set[bytes]]:
-    """Send frames from one client; the replies, by kind, once every id in ``expect`` came."""
+def exchange(url: str, frames: list[bytes | list[bytes]],
+             expect: set[bytes]) -> dict[str, set[bytes]]:
+    """Send frames (a list: the parts of one message) from one client; the replies, by kind,
+    once every id in ``expect`` came."""
     context = zmq.Context()
     sock = context.socket(zmq.DEALER)
     sock.connect(url)
     replies: dict[str, set[bytes]] = {}
     try:
         for frame in frames:
-            sock.send(frame)
+            sock.send_multipart(frame if isinstance(frame, list) else [frame])
         while not expect <= set().union(*replies.values()):
             assert sock.poll(30_000), f"replies missing; got {replies}"
             kind, ids = decode_reply(sock.recv())
@@ -248,7 +251,8 @@ def test_a_local_encoding_error_is_a_data_error_not_a_stall(database: str) -> No
 
 def test_frames_quarantined_whole_are_answered_refused_with_their_id(
         collector: CollectorProcess) -> None:
-    ids = {name: new_id() for name in ("truncated", "malformed", "envelope", "oversize", "many")}
+    ids = {name: new_id() for name in ("truncated", "malformed", "envelope", "oversize", "many",
+                                       "multipart")}
     whole = msgpack.packb([VERSION, ids["truncated"], {}, [{"k": "x"}]])
     frames = [
         whole[:-3],
@@ -256,6 +260,8 @@ def test_frames_quarantined_whole_are_answered_refused_with_their_id(
         msgpack.packb([VERSION, ids["envelope"], "a header must be a map", []]),
         encode_frame(ids["oversize"], {}, [b"\xc4\xff" + b"x" * 255] * (MAX // 250)),
         encode_frame(ids["many"], {}, [b"\xc0"] * 10_001),
+        # Two parts, each under the 32 MiB message limit, over it together.
+        [encode_frame(ids["multipart"], {}, [b"\xc0"]) + b"x" * 17 * MiB, b"x" * 17 * MiB],
         msgpack.packb([VERSION + 41, new_id(), {}, []]),  # no id to read: no answer
     ]
     _, records = workflow_records(2)
@@ -265,5 +271,5 @@ def test_frames_quarantined_whole_are_answered_refused_with_their_id(
     assert replies == {"ack": {good}, REFUSED: set(ids.values())}
     counted = {r["reason"]: r["n"] for r in fetch(
         collector.dsn, "SELECT reason, count(*) AS n FROM quarantine GROUP BY 1")}
-    assert counted == {"malformed": 2, "bad_envelope": 1, "oversize": 1, "too_many_records": 1,
+    assert counted == {"malformed": 2, "bad_envelope": 1, "oversize": 2, "too_many_records": 1,
                        "unknown_version": 1}
