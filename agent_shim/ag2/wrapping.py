@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..context import CURRENT, Scope
+from ..payload import describe_error
 from ..tracker import Span, Tracker
 from .propagation import AgentScopes, ToolCallOrigins
 
@@ -79,7 +80,7 @@ class Activity:
         return End()
 
     def fail(self, exc: BaseException, start: Start) -> End:
-        return End(status="failed", error=f"{type(exc).__name__}: {exc}")
+        return End(status="failed", error=describe_error(exc))
 
 
 @dataclass
