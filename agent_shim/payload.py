@@ -325,7 +325,7 @@ class Cleaner:
         extra_patterns: str | None = None,
     ) -> None:
         self._extra_key = re.compile(extra_keys, re.IGNORECASE).fullmatch if extra_keys else None
-        # The user's patterns cannot be pre-screened: they run on every text.
+        # Unlike the built-in rules, the user's patterns run on short texts too.
         self._extra_text = re.compile(extra_patterns).sub if extra_patterns else None
         self._limit = max_field_chars
         self._memo_chars = min(_MEMO_CHARS, max_field_chars)
