@@ -133,3 +133,36 @@ def test_hostile_frames_stay_within_the_memory_bound(case: str, database: str,
     assert rss_after - rss_before < 32 * MiB, f"kept +{grown:.0f} MiB"
     assert len(metrics) < 32 * 1024
     assert fetch(database, "SELECT count(*) FROM quarantine")[0][0] == quarantine_rows
+
+
+def test_metrics_remember_a_bounded_number_of_drop_reporters() -> None:
+    """Each new (run, sender, reason) costs memory until the bound, then old ones are forgotten;
+    every drop is still counted, under ``other`` for reasons no shim gives."""
+    import tracemalloc
+    import uuid
+
+    from collector.metrics import MAX_DROP_SENDERS, Metrics
+    from collector.pipeline import Decoded
+    from collector.tables import DROPS
+
+    metrics = Metrics()
+
+    def report(count: int) -> None:
+        for i in range(count):
+            row = {"run_id": uuid.uuid4(), "sender": "s", "reason": f"made-up-{i}", "count": 2}
+            metrics.decoded(Decoded(b"peer", new_id(), [(DROPS, row)]))
+
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        report(MAX_DROP_SENDERS)
+        at_bound = tracemalloc.get_traced_memory()[0]
+        report(3 * MAX_DROP_SENDERS)
+        beyond = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    # Three times as many reporters again cost a fraction of the first ones (unbounded: 3x).
+    assert beyond - at_bound < (at_bound - start) / 4, (at_bound - start, beyond - at_bound)
+    assert metrics.value("cmbagent_shim_dropped_events_total", reason="other") == \
+        2 * 4 * MAX_DROP_SENDERS
+    assert len(metrics.exposition()) < 32 * 1024
