@@ -11,6 +11,7 @@ import sys
 import uuid
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,7 @@ def _prune(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _prune_runs(connection: Any, age: Any, args: argparse.Namespace) -> None:
+async def _prune_runs(connection: Any, age: timedelta | None, args: argparse.Namespace) -> None:
     from . import prune
 
     runs = await prune.select_runs(connection, older_than=age, run_ids=args.run)
