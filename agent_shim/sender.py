@@ -419,7 +419,7 @@ class Sender:
         except OSError as exc:
             log.warning("spooled frame %s is unreadable; its events are counted as dropped: %s",
                         frame.path, exc)
-            self._drop_runs(frame.runs, "spool_unreadable")
+            self._drop_runs(frame.runs, "spool_damaged")
             return False
 
     def _adopt(self, file: SpoolFile) -> _Frame | None:
