@@ -99,15 +99,16 @@ def _prose(size: int) -> str:
     return (PROSE * (size // len(PROSE) + 1))[:size]
 
 
-def emit_and_exit(count: str, text_chars: str = "0", flush: str = "0") -> None:
-    """Emit ``count`` messages (``text_chars`` of prose each) in a run and one in the implicit
-    run, then leave through atexit as programs do; prints how long the exit took."""
+def emit_and_exit(count: str, text_chars: str = "0", flush: str = "0", secret: str = "") -> None:
+    """Emit ``count`` messages (``text_chars`` of prose each, then ``secret``) in a run and one
+    in the implicit run, then leave through atexit as programs do; prints how long the exit
+    took."""
     left_main = [0.0]
     # Registered before the tracker's atexit hook, so it runs after it.
     atexit.register(lambda: print(f"exit_seconds={time.monotonic() - left_main[0]:.3f}",
                                   flush=True))
     tracker = agent_shim.activate()
-    text = _prose(int(text_chars))
+    text = _prose(int(text_chars)) + secret
     tracker.event("message", inputs={"i": 0})
     print(f"implicit_run={tracker.scope().run.hex()}", flush=True)
     with tracker.run("emit-and-exit") as run:

@@ -73,6 +73,25 @@ def test_exit_with_a_backlog_is_bounded_and_loses_nothing(
     collector.kill()
 
 
+def test_records_exit_had_no_time_to_clean_are_spooled_raw_and_cleaned_before_delivery(
+        database: str, tmp_path: Path, agent_env: dict[str, str]) -> None:
+    collector = CollectorProcess(database, tmp_path, extra=("--no-migrate",))
+    secret = "sk-proj-" + "A1b2C3d4" * 5
+    env = {**agent_env, "CMBAGENT_COLLECTOR_URL": collector.url, "CMBAGENT_EXIT_TIMEOUT": "0.3"}
+    output = agent(env, "emit_and_exit", "10000", "4096", "0", f" key={secret}").stdout
+    raw = list(Path(agent_env["CMBAGENT_SPOOL_DIR"]).rglob("*.raw"))
+    assert raw and {oct(p.stat().st_mode & 0o777) for p in raw} == {"0o600"}
+
+    collector.start()
+    _deliver_spool(env)
+    _assert_accounted(database, run_id(output), 10_000)
+    assert fetchval(database, "SELECT count(*) FROM execution_events "
+                    "WHERE strpos(inputs::text, $1) > 0", secret[:12]) == 0
+    assert fetchval(database, "SELECT count(*) FROM execution_events "
+                    "WHERE strpos(inputs::text, '[REDACTED]') > 0") > 0
+    collector.kill()
+
+
 @pytest.mark.parametrize("how, tasks, count", [("process", 3, 2000), ("pool", 8, 1000)])
 def test_multiprocessing_children_deliver_before_they_end(
         database: str, collector: CollectorProcess, agent_env: dict[str, str], how: str, tasks: int,
