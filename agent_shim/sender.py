@@ -13,10 +13,9 @@ database commit. Every record handed over ends in one of three places: the datab
 - when the window is full and the queue passes half its bound (in records or in payload bytes),
   the oldest events are packed into frames on disk (the spool) and sent from there later; at the
   bound, events are dropped;
-- at exit, it delivers until shortly before the deadline, then spools what is left: frames as
-  they are, and queued records it had no time to clean as raw files that the process that adopts
-  them cleans before sending; what the deadline or the disk does not allow is counted, and the
-  counts are written in room reserved for them;
+- at exit, it delivers until shortly before the deadline, then cleans and spools what is left
+  (nothing reaches the disk uncleaned); what the deadline or the disk does not allow is counted,
+  and the counts are written in room reserved for them;
 - if the thread dies (wrong Curve settings, for instance), the error is logged once, what it held
   is spooled, later records are kept within the bounds and spooled at exit for a process that
   can deliver them, and ``flush`` returns False.
@@ -26,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import os
 import socket as _socket
 import threading
@@ -43,7 +43,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from .config import CURVE_SECRET_KEY_FILE, CURVE_SERVER_KEY, ShimSettings
 from .payload import PAYLOAD_FIELDS, Cleaner
-from .spool import Kind, Spool, SpoolFile
+from .spool import RESERVE_BYTES, Spool, SpoolFile
 from .wire import (
     ACK,
     MAX_FRAME_BYTES,
@@ -62,10 +62,14 @@ _MAX_RECORD_BYTES = MAX_FRAME_BYTES // 2
 _MONITORED = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 #: Resends of one frame, each while the collector acknowledged others, before it is given up.
 _MAX_IGNORED = 5
-#: At exit, delivering stops in time to write the rest to the spool at this (slow) speed, plus a
-#: fixed margin.
+#: At exit, delivering stops in time to clean and write the rest to the spool at these (slow)
+#: speeds, plus a fixed margin: queued payloads must be cleaned first, packed frames only written.
+_CLEAN_BYTES_PER_SECOND = 10 * 1024 * 1024
 _SPOOL_BYTES_PER_SECOND = 40 * 1024 * 1024
 _SPOOL_SECONDS = 0.1
+#: Records that give a run its shape; small, so exit spools them even after its deadline.
+_STRUCTURE = frozenset({"session", "run", "node", "edge"})
+_LAST_FRAME_BYTES = RESERVE_BYTES // 2  # the rest of the reserve is for the header's counts
 
 
 class Mode(enum.Enum):
@@ -405,8 +409,6 @@ class Sender:
         if self._queue:
             return self._pack(until)
         while self._adopted:
-            if self._stop_at is not None and self._adopted[0].kind is Kind.RAW:
-                break  # cleaning takes time that exit does not have: left for the next process
             adopted = self._adopt(self._adopted.popleft())
             if adopted is not None:
                 return adopted
@@ -429,8 +431,6 @@ class Sender:
         except OSError as exc:
             log.warning("spooled file %s is unreadable and is skipped: %s", file.path, exc)
             return None
-        if file.kind is Kind.RAW:
-            return self._cleaned(file, data)
         try:
             decode_frame(data)
         except WireError as exc:
@@ -441,19 +441,6 @@ class Sender:
             self._spool.remove(file.path)
             return None
         return _Frame(0, file.batch_id, data, Counter(), path=file.path, own=False)
-
-    def _cleaned(self, file: SpoolFile, raw: bytes) -> _Frame:
-        """Records spilled uncleaned at exit, cleaned into the frame their file is renamed to."""
-        records = _readable_records(raw, envelope=False)
-        packed = [data for data in (self._encode(r, own=False) for r in records) if data]
-        frame = self._new_frame(packed, Counter(_run_of(r) for r in records), file.batch_id)
-        frame.own = False
-        try:
-            frame.path = self._spool.replace(file.path, frame.data or b"")
-        except OSError as exc:  # sent from memory; the raw file stays until acknowledged
-            log.warning("cannot write the cleaned frame of %s: %s", file.path, exc)
-            frame.path = file.path
-        return frame
 
     def _pack(self, until: float | None = None) -> _Frame | None:
         """Clean and pack the oldest queued records into one frame (bounded in count and bytes);
@@ -533,11 +520,12 @@ class Sender:
         """A generous estimate of the seconds that writing what is undelivered would take."""
         unsaved = sum(len(f.data or b"") for f in self._in_flight.values() if f.path is None)
         queued = self._bytes_in - self._bytes_out
-        return _SPOOL_SECONDS + (unsaved + queued) / _SPOOL_BYTES_PER_SECOND
+        return (_SPOOL_SECONDS + unsaved / _SPOOL_BYTES_PER_SECOND
+                + queued / _CLEAN_BYTES_PER_SECOND)
 
     def _spool_pending(self, deadline: float | None) -> None:
-        """Write what is undelivered to the spool: frames as they are, queued records raw (there
-        is no time to clean them); what the deadline or the disk does not allow is counted."""
+        """Clean and write what is undelivered to the spool; what the deadline or the disk does
+        not allow is counted."""
         for frame in list(self._in_flight.values()):
             if frame.own and frame.path is None:
                 if _past(deadline):
@@ -545,43 +533,30 @@ class Sender:
                 else:
                     self._spill(frame)
         self._in_flight.clear()
-        while self._queue:
-            data, runs = self._raw_chunk()
-            if _past(deadline):
-                self._drop_runs(runs, "exit_timeout")
-                continue
-            self._seq += 1
-            if runs and self._spool.put(self._seq, data, Kind.RAW) is None:
-                self._drop_runs(runs, "spool_full")
-        self._spool_drop_counts()
+        while self._queue and not _past(deadline):
+            packed = self._pack(math.inf if deadline is None else deadline)
+            if packed is not None:
+                self._spill(packed)
+        late = list(self._queue)
+        self._queue.clear()
+        self._spool_last(late)
 
-    def _raw_chunk(self) -> tuple[bytes, Counter[Any]]:
-        """The oldest queued records, uncleaned, as one raw spool file; and their runs."""
-        queue, settings = self._queue, self.settings
-        packer = msgpack.Packer(use_bin_type=True)
-        parts: list[bytes] = []
-        runs: Counter[Any] = Counter()
-        size = 0
-        while queue and len(parts) < settings.batch_max_events and size < settings.batch_max_bytes:
-            record = queue.popleft()
-            self._bytes_out += _payload_bytes(record)
-            try:
-                part = packer.pack(record)
-            except Exception:  # e.g. a lone surrogate in a text field
-                self._drop(record, "unencodable")
-                continue
-            parts.append(part)
-            size += len(part)
-            runs[_run_of(record)] += 1
-        return packer.pack_array_header(len(parts)) + b"".join(parts), runs
-
-    def _spool_drop_counts(self) -> None:
-        """Drops after the last frame that reached the disk would go unreported: spool the
-        cumulative counts in one records-free frame (the collector keeps the greatest)."""
+    def _spool_last(self, late: list[Record]) -> None:
+        """The last frame, in the room the spool reserves for it: every drop count, and the ends
+        of runs and nodes that exit had no time for, so that they do not stay ``running``."""
+        closing: list[bytes] = []
+        room = _LAST_FRAME_BYTES
+        for record in late:
+            data = self._encode(record, own=True) if record.get("k") in _STRUCTURE else b""
+            if data and len(data) <= room:
+                closing.append(data)
+                room -= len(data)
+            elif data is not None:  # None: _encode has counted it
+                self._drop(record, "exit_timeout")
         with self._lock:
             dropped = any(run for run, _ in self._drops)
-        if dropped:
-            frame = self._new_frame([], Counter())
+        if dropped or closing:
+            frame = self._new_frame(closing, Counter())
             self._spool.put_last(frame.seq, frame.data or b"")
 
 
@@ -603,18 +578,17 @@ def _payload_bytes(record: Record) -> int:
     return size
 
 
-def _readable_records(data: bytes, envelope: bool = True) -> list[Any]:
-    """The records that can be read from a frame (or a raw spool file), up to any damage."""
+def _readable_records(data: bytes) -> list[Any]:
+    """The records that can be read from a frame, up to any damage."""
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=False,
                                 max_buffer_size=max(len(data), 1024))
     unpacker.feed(data)
     records: list[Any] = []
     try:
-        if envelope:
-            if unpacker.read_array_header() != 4:
-                return records
-            for _ in range(3):  # version, batch id, header
-                unpacker.skip()
+        if unpacker.read_array_header() != 4:
+            return records
+        for _ in range(3):  # version, batch id, header
+            unpacker.skip()
         for _ in range(unpacker.read_array_header()):
             record = unpacker.unpack()
             if isinstance(record, dict):

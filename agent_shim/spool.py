@@ -7,8 +7,6 @@ Layout (``CMBAGENT_SPOOL_DIR``, default ``~/.local/state/cmbagent-tracking/spool
         <sender>.lock                 held (flock) by the live process that owns <sender>'s files
         <sender>.reserve              room kept for that process's last drop counts (a full disk)
         <sender>-<seq:016x>.frame     one encoded wire frame, exactly as it is sent (0600)
-        <sender>-<seq:016x>.raw       records spilled uncleaned at exit, when there was no time
-                                      to clean them; cleaned into a frame before anything is sent
 
 ``<sender>`` and ``<seq>`` are 16 lowercase hex digits; any other name is foreign and left alone.
 A frame file is deleted once the collector has acknowledged it (or refused it for good). Files
@@ -25,7 +23,6 @@ and the caller counts the events as dropped.
 from __future__ import annotations
 
 import contextlib
-import enum
 import fcntl
 import hashlib
 import logging
@@ -40,15 +37,8 @@ log = logging.getLogger(__name__)
 #: Kept free on disk for the final, records-free frame with the drop counts.
 RESERVE_BYTES = 64 * 1024
 
-_FILE = re.compile(r"([0-9a-f]{16})-([0-9a-f]{16})\.(frame|raw)")
+_FILE = re.compile(r"([0-9a-f]{16})-([0-9a-f]{16})\.frame")
 _LEFTOVER = re.compile(r"([0-9a-f]{16})(?:-[0-9a-f]{16}\.tmp|\.reserve)")  # of a killed process
-
-
-class Kind(enum.Enum):
-    """What a spool file holds."""
-
-    FRAME = "frame"  # a wire frame, ready to send
-    RAW = "raw"  # a msgpack array of uncleaned records
 
 
 @dataclass(frozen=True)
@@ -57,7 +47,6 @@ class SpoolFile:
 
     path: Path
     batch_id: bytes
-    kind: Kind
 
 
 def destination_key(urls: tuple[str, ...]) -> str:
@@ -78,14 +67,14 @@ class Spool:
         self._size: int | None = None
         self._refusing = False  # the last write failed
 
-    def put(self, seq: int, data: bytes, kind: Kind = Kind.FRAME) -> Path | None:
+    def put(self, seq: int, data: bytes) -> Path | None:
         """Write a file within the bound; ``None`` if the bound is reached or the disk refuses."""
         try:
             size = self._current_size()
             if size + len(data) > self.max_bytes:
                 return None
             self._hold_own_lock()
-            path = self._write(self._name(seq, kind), data)
+            path = self._write(self._name(seq), data)
         except OSError as exc:
             if not self._refusing:  # once, not for each frame of a full disk
                 log.warning("cannot write to the spool %s: %s; events that do not fit in memory "
@@ -101,18 +90,10 @@ class Spool:
         try:
             self._hold_own_lock()
             (self.directory / f"{self.owner}.reserve").unlink(missing_ok=True)
-            return self._write(self._name(seq, Kind.FRAME), data)
+            return self._write(self._name(seq), data)
         except OSError as exc:
             log.error("cannot write the drop counts to the spool %s: %s", self.directory, exc)
             return None
-
-    def replace(self, old: Path, data: bytes) -> Path:
-        """Turn an adopted raw file into the frame file of the same name; raises ``OSError``."""
-        path = self._write(old.with_suffix(".frame").name, data)
-        self.remove(old)
-        if self._size is not None:
-            self._size += len(data)
-        return path
 
     def remove(self, path: Path) -> None:
         try:
@@ -143,7 +124,7 @@ class Spool:
                 if leftover[1] == owner:
                     with contextlib.suppress(OSError):
                         (self.directory / leftover[0]).unlink()
-            files.extend(SpoolFile(self.directory / m[0], bytes.fromhex(m[1] + m[2]), Kind(m[3]))
+            files.extend(SpoolFile(self.directory / m[0], bytes.fromhex(m[1] + m[2]))
                          for m in matches if m[1] == owner)
         if files:
             log.info("delivering %d spooled files left by earlier processes", len(files))
@@ -165,8 +146,8 @@ class Spool:
         self._lock_fd = None
         self._adopted_locks.clear()
 
-    def _name(self, seq: int, kind: Kind) -> str:
-        return f"{self.owner}-{seq:016x}.{kind.value}"
+    def _name(self, seq: int) -> str:
+        return f"{self.owner}-{seq:016x}.frame"
 
     def _write(self, name: str, data: bytes) -> Path:
         """Write atomically (a partial file never appears under ``name``, nor stays behind)."""

@@ -186,7 +186,7 @@ def deliver_spool(timeout: str = "60") -> None:
 
     def spooled() -> list[str]:
         return [p.name for p in spool.glob("*")
-                if re.fullmatch(r"[0-9a-f]{16}-[0-9a-f]{16}\.(frame|raw)", p.name)]
+                if re.fullmatch(r"[0-9a-f]{16}-[0-9a-f]{16}\.frame", p.name)]
 
     deadline = time.monotonic() + float(timeout)
     while time.monotonic() < deadline and spooled():

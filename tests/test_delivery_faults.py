@@ -73,18 +73,24 @@ def test_exit_with_a_backlog_is_bounded_and_loses_nothing(
     collector.kill()
 
 
-def test_records_exit_had_no_time_to_clean_are_spooled_raw_and_cleaned_before_delivery(
+def test_what_exit_spools_is_cleaned_first_and_what_it_cannot_clean_in_time_is_counted(
         database: str, tmp_path: Path, agent_env: dict[str, str]) -> None:
     collector = CollectorProcess(database, tmp_path, extra=("--no-migrate",))
     secret = "sk-proj-" + "A1b2C3d4" * 5
     env = {**agent_env, "CMBAGENT_COLLECTOR_URL": collector.url, "CMBAGENT_EXIT_TIMEOUT": "0.3"}
     output = agent(env, "emit_and_exit", "10000", "4096", "0", f" key={secret}").stdout
-    raw = list(Path(agent_env["CMBAGENT_SPOOL_DIR"]).rglob("*.raw"))
-    assert raw and {oct(p.stat().st_mode & 0o777) for p in raw} == {"0o600"}
+    spooled = [p for p in Path(agent_env["CMBAGENT_SPOOL_DIR"]).rglob("*") if p.is_file()]
+    assert any(p.suffix == ".frame" for p in spooled), spooled
+    assert not any(secret[:12].encode() in p.read_bytes() for p in spooled)
+    assert {oct(p.stat().st_mode & 0o777) for p in spooled} == {"0o600"}
 
     collector.start()
     _deliver_spool(env)
     _assert_accounted(database, run_id(output), 10_000)
+    # The hurried exit still closed the run: its end went with the drop counts.
+    assert tally(database, run_id(output)).dropped_for.get("exit_timeout", 0) > 0
+    assert fetchval(database, "SELECT status FROM workflow_runs WHERE id = $1",
+                    run_id(output)) == "completed"
     assert fetchval(database, "SELECT count(*) FROM execution_events "
                     "WHERE strpos(inputs::text, $1) > 0", secret[:12]) == 0
     assert fetchval(database, "SELECT count(*) FROM execution_events "
