@@ -1,0 +1,133 @@
+"""Pricing AG2 1.x LLM calls with a maintained price table: ``genai-prices`` (optional).
+
+AG2 1.x reports tokens only. Each call is priced from its provider, model and token breakdown
+with the table bundled in the installed ``genai-prices`` (never a remote update: pricing does no
+I/O), and records which table and version priced it. When the table is missing, or it does not
+know the model, the call keeps its tokens with cost ``None``; the warning is logged once per
+model and counted (:meth:`PriceTable.unpriced`), and no price is ever guessed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TABLE = "genai-prices"
+
+#: AG2's provider names where the price table spells them differently.
+_PROVIDER_IDS = {"gemini": "google", "vertexai": "google-vertex", "bedrock": "aws"}
+
+#: Providers whose reported prompt tokens leave out cache reads and writes (billed on top).
+_CACHE_OUTSIDE_PROMPT = frozenset({"anthropic", "bedrock"})
+#: Providers whose reported completion tokens leave out reasoning tokens (billed as output).
+_REASONING_OUTSIDE_COMPLETION = frozenset({"google", "gemini", "vertexai"})
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    """One call's token counts as AG2 reports them (``None``: not reported)."""
+
+    prompt: int | None = None
+    completion: int | None = None
+    total: int | None = None
+    cached: int | None = None
+    cache_write: int | None = None
+    reasoning: int | None = None
+
+    @classmethod
+    def of(cls, usage: Any) -> Tokens:
+        """From an ``ag2.events.Usage`` (token counts are floats there)."""
+        prompt, completion = _count(usage, "prompt_tokens"), _count(usage, "completion_tokens")
+        total = _count(usage, "total_tokens")
+        if total is None and prompt is not None:
+            total = prompt + (completion or 0)
+        return cls(prompt, completion, total, _count(usage, "cache_read_input_tokens"),
+                   _count(usage, "cache_creation_input_tokens"), _count(usage, "thinking_tokens"))
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """What one call cost, and the provenance recorded beside it."""
+
+    cost_usd: float | None
+    record: dict[str, Any]
+
+
+class PriceTable:
+    """Prices calls with ``genai-prices`` if it is installed; counts the calls it cannot price."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._unpriced: Counter[tuple[str, str | None]] = Counter()
+        self._calc: Any = None
+        self._version: str | None = None
+        self._loaded = False
+
+    def price(self, provider: str | None, model: str | None, tokens: Tokens) -> Price:
+        """The cost of one call; never raises, never guesses."""
+        calc, version = self._table()
+        record: dict[str, Any] = {"table": TABLE, "version": version}
+        if calc is None:
+            return self._unknown(record, "table not installed", model)
+        if not model or tokens.prompt is None and tokens.completion is None:
+            return self._unknown(record, "no model or no tokens", model)
+        provider_id = _PROVIDER_IDS.get(provider or "", provider) or None
+        try:
+            calculation = calc(_usage(provider, tokens), model, provider_id=provider_id)
+        except LookupError:
+            return self._unknown(record, "unknown model", model)
+        record.update(status="priced", provider=calculation.provider.id,
+                      model=calculation.model.id)
+        return Price(float(calculation.total_price), record)
+
+    def unpriced(self) -> dict[str, int]:
+        """How many calls went unpriced, by ``"<reason>: <model>"``."""
+        with self._lock:
+            return {f"{reason}: {model}": n for (reason, model), n in self._unpriced.items()}
+
+    def _unknown(self, record: dict[str, Any], reason: str, model: str | None) -> Price:
+        with self._lock:
+            first = (reason, model) not in self._unpriced
+            self._unpriced[(reason, model)] += 1
+        if first:
+            log.warning("cmbagent-tracking: LLM calls of model %r recorded without a cost (%s in "
+                        "%s); install or upgrade cmbagent-tracking[pricing] to price them",
+                        model, reason, TABLE)
+        record["status"] = reason
+        return Price(None, record)
+
+    def _table(self) -> tuple[Any, str | None]:
+        # Imported on the first priced call, not at install: it pulls in pydantic and httpx.
+        if not self._loaded:
+            try:
+                import genai_prices
+
+                self._calc, self._version = genai_prices.calc_price, genai_prices.__version__
+            except Exception:
+                self._calc = None
+            self._loaded = True
+        return self._calc, self._version
+
+
+def _usage(provider: str | None, tokens: Tokens) -> Any:
+    """The table's usage: its input tokens include cache reads and writes, its output tokens
+    include reasoning, whatever the provider's own report leaves out."""
+    from genai_prices import Usage
+
+    cached, written = tokens.cached or 0, tokens.cache_write or 0
+    input_tokens = (tokens.prompt or 0) + (
+        cached + written if provider in _CACHE_OUTSIDE_PROMPT else 0)
+    output_tokens = (tokens.completion or 0) + (
+        tokens.reasoning or 0 if provider in _REASONING_OUTSIDE_COMPLETION else 0)
+    return Usage(input_tokens=input_tokens, output_tokens=output_tokens,
+                 cache_read_tokens=cached or None, cache_write_tokens=written or None)
+
+
+def _count(usage: Any, field: str) -> int | None:
+    value = getattr(usage, field, None)
+    return int(value) if isinstance(value, (int, float)) else None
