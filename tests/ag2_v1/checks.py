@@ -24,7 +24,7 @@ def check_v1_capture(events: list[Row], costs: list[Row], expected: dict[str, An
             found = by_id.get(e["parent"], {}).get("type")
             if found != parent:
                 problems.append(f"{child} of {agent} hangs under {found}, not {parent}")
-    llm_calls = [e for e in events if e["type"] == "llm_call"]
+    llm_calls = [e for e in events if e["type"] == "llm_call" and e["status"] == "completed"]
     statuses = [(e["meta"] or {}).get("pricing", {}).get("status") for e in llm_calls]
     if any((e["meta"] or {}).get("pricing", {}).get("table") != "genai-prices"
            or not (e["meta"] or {}).get("pricing", {}).get("version") for e in llm_calls):

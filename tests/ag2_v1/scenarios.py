@@ -176,12 +176,28 @@ async def concurrent_agents() -> Expected:
                              for kind in ("tool_call", "llm_call")])
 
 
+async def model_failure() -> Expected:
+    """The provider fails mid-turn: the program sees AG2's exception unchanged, the spans fail."""
+    ledger = Ledger()
+    agent = Agent("fragile", config=config(ledger.response(None, call("add", a=1, b=1)),
+                                           ConnectionError("provider unreachable")), tools=[add])
+    try:
+        await agent.ask("Add.")
+    except ConnectionError as exc:
+        assert str(exc) == "provider unreachable", exc
+    else:
+        raise AssertionError("the provider's failure did not reach the program")
+    return Expected({"conversation": 1, "agent_call": 1, "llm_call": 2, "tool_call": 1}, ledger,
+                    failed={"conversation": 1, "agent_call": 1, "llm_call": 1})
+
+
 SCENARIOS: dict[str, Callable[[], Awaitable[Expected]]] = {
     "parallel_tools": parallel_tools,
     "delegation": delegation,
     "human_approval": human_approval,
     "follow_up_unknown_model": follow_up_unknown_model,
     "concurrent_agents": concurrent_agents,
+    "model_failure": model_failure,
 }
 
 
