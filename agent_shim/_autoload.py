@@ -1,7 +1,8 @@
 """Started by ``cmbagent_tracking.pth`` at interpreter start, only when CMBAGENT_COLLECTOR_URL is set.
 
 It must cost next to nothing and never raise: it does not import AG2. For each framework it
-watches (``autogen``: classic AG2, whichever distribution provides it; ``ag2``: AG2 1.x), if the
+watches (``autogen``: classic AG2, whichever distribution provides it; ``ag2`` and
+``ag2.network``: AG2 1.x), if the
 module is already imported it installs that capture now; otherwise a meta-path finder waits for
 the first import and installs it right after the module has executed. Both can be captured in
 one process, each once.
@@ -15,8 +16,10 @@ import sys
 from types import ModuleType
 from typing import Any, Sequence
 
-#: Watched module -> the capture package whose ``install()`` runs after it is imported.
-TARGETS = {"autogen": "agent_shim.ag2", "ag2": "agent_shim.ag2_v1"}
+#: Watched module -> the capture package whose ``install()`` runs after it is imported
+#: (``ag2.network`` is opt-in in AG2 1.x: its hubs are captured once it is imported).
+TARGETS = {"autogen": "agent_shim.ag2", "ag2": "agent_shim.ag2_v1",
+           "ag2.network": "agent_shim.ag2_v1"}
 
 
 def _install(target: str) -> None:

@@ -28,6 +28,9 @@ from .pricing import PriceTable, Tokens
 
 log = logging.getLogger(__name__)
 
+#: Where the network client puts a turn's channel (``ag2.network.policies.CHANNEL_DEP``).
+CHANNEL_DEPENDENCY = "ag2.network.channel"
+
 #: The innermost open turn; a turn opened with none is the start of a conversation.
 TURN: ContextVar[Span | None] = ContextVar("cmbagent_ag2_v1_turn", default=None)
 
@@ -39,6 +42,8 @@ class Runtime:
     tracker: Tracker
     prices: PriceTable = field(default_factory=PriceTable)
     disabled: list[str] = field(default_factory=list)
+    #: The open span of each ``ag2.network`` channel, by channel id (``network.py``).
+    channels: dict[str, Span] = field(default_factory=dict)
     #: Cleared by ``uninstall()``: agents built before it stop recording too.
     active: bool = True
 
@@ -258,12 +263,16 @@ def _open(activity: Activity, capture: CaptureMiddleware, subject: Any,
     try:
         tracker, agent = runtime.tracker, capture.agent_name
         start = activity.begin(subject)
-        conversation = None
+        conversation = scope = None
         if activity is _TURN and TURN.get() is None:
-            conversation = tracker.start_span(
-                "conversation", agent_name=agent, meta={"framework": "ag2"},
-                inputs={"initiator": agent, "message": start.inputs["message"]})
-        scope = conversation.inner if conversation is not None else None
+            channel = _channel_span(runtime, context)
+            if channel is not None:  # a turn an envelope triggered: it is in that channel
+                scope = channel.inner
+            else:
+                conversation = tracker.start_span(
+                    "conversation", agent_name=agent, meta={"framework": "ag2"},
+                    inputs={"initiator": agent, "message": start.inputs["message"]})
+                scope = conversation.inner
         span = tracker.start_span(activity.event_type, agent_name=agent, inputs=start.inputs,
                                   meta=start.meta, scope=scope)
         call = Call(activity, capture, span, conversation)
@@ -273,6 +282,14 @@ def _open(activity: Activity, capture: CaptureMiddleware, subject: Any,
     except Exception as exc:
         runtime.disable(activity.event_type, exc)
         return None
+
+
+def _channel_span(runtime: Runtime, context: Any) -> Span | None:
+    """The open span of the ``ag2.network`` channel whose envelope started this turn."""
+    if not runtime.channels:
+        return None
+    channel = (getattr(context, "dependencies", None) or {}).get(CHANNEL_DEPENDENCY)
+    return runtime.channels.get(getattr(channel, "channel_id", None) or "")
 
 
 def _watch_unknown_tools(capture: CaptureMiddleware, context: Any) -> Any:

@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 TABLE = "genai-prices"
 
+_HINTS = {"table not installed": " (pip install 'cmbagent-tracking[pricing]')",
+          "unknown model": f" in {TABLE} (a newer {TABLE} may know it)"}
+
 #: AG2's provider names where the price table spells them differently.
 _PROVIDER_IDS = {"gemini": "google", "vertexai": "google-vertex", "bedrock": "aws"}
 
@@ -95,9 +98,8 @@ class PriceTable:
             first = (reason, model) not in self._unpriced
             self._unpriced[(reason, model)] += 1
         if first:
-            log.warning("cmbagent-tracking: LLM calls of model %r recorded without a cost (%s in "
-                        "%s); install or upgrade cmbagent-tracking[pricing] to price them",
-                        model, reason, TABLE)
+            log.warning("cmbagent-tracking: LLM calls of model %r recorded without a cost: %s%s",
+                        model, reason, _HINTS.get(reason, ""))
         record["status"] = reason
         return Price(None, record)
 

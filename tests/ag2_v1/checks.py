@@ -12,9 +12,12 @@ Row = dict[str, Any]
 def check_v1_capture(events: list[Row], costs: list[Row], expected: dict[str, Any],
                      secret: str, run: Any = None) -> list[str]:
     """Everything :func:`ag2_checks.check_capture` checks, plus where nested spans hang, the
-    pricing provenance of every LLM call, and unpriced calls left with a null cost."""
+    handoffs, the pricing provenance of every LLM call, and unpriced calls left with a null
+    cost."""
+    terminations = sum(subtype == "termination" for _, subtype, _ in expected["handoffs"])
     problems = check_capture(events, costs, counts=expected["counts"], usage=expected["usage"],
-                             secret=secret, failed=expected["failed"], run=run)
+                             secret=secret, failed=expected["failed"], run=run,
+                             terminations=terminations)
     by_id = {e["id"]: e for e in events}
     for agent, child, parent in expected["nesting"]:
         children = [e for e in events if e["agent"] == agent and e["type"] == child]
@@ -24,6 +27,10 @@ def check_v1_capture(events: list[Row], costs: list[Row], expected: dict[str, An
             found = by_id.get(e["parent"], {}).get("type")
             if found != parent:
                 problems.append(f"{child} of {agent} hangs under {found}, not {parent}")
+    handoffs = [[e["agent"], e["subtype"], (e["outputs"] or {}).get("to")]
+                for e in events if e["type"] == "handoff"]
+    if handoffs != [list(h) for h in expected["handoffs"]]:
+        problems.append(f"handoffs {handoffs} != expected {expected['handoffs']}")
     llm_calls = [e for e in events if e["type"] == "llm_call" and e["status"] == "completed"]
     statuses = [(e["meta"] or {}).get("pricing", {}).get("status") for e in llm_calls]
     if any((e["meta"] or {}).get("pricing", {}).get("table") != "genai-prices"

@@ -18,7 +18,10 @@ from typing import Any, Awaitable, Callable
 
 from ag2 import Agent, Context
 from ag2.events import ModelMessage, ModelResponse, ToolCallEvent, ToolCallsEvent, Usage
-from ag2.testing import TestConfig
+from ag2.knowledge import MemoryKnowledgeStore
+from ag2.network import (EV_CHANNEL_CLOSED, WORKFLOW_TYPE, AgentTarget, Finish, FromSpeaker,
+                         Handoff, Hub, TerminateTarget, Transition, TransitionGraph)
+from ag2.testing import TestClient, TestConfig
 
 #: Planted in prompts and tool arguments; must never be recorded.
 SECRET = "sk-test-PLANTED-SECRET-0123456789"
@@ -67,6 +70,8 @@ class Expected:
     failed: dict[str, int] = field(default_factory=dict)
     #: ``(child agent, child type, parent type)``: where a nested span must hang.
     nesting: list[tuple[str, str, str]] = field(default_factory=list)
+    #: ``(from, subtype, to)`` of each handoff, in order.
+    handoffs: list[tuple[str, str, str | None]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "usage": asdict(self.usage)})
@@ -79,6 +84,17 @@ def call(name: str, **arguments: Any) -> ToolCallEvent:
 def config(*turns: Any) -> TestConfig:
     # A failed tool goes back to the model as a result, as with a real provider.
     return TestConfig(*turns, raise_tool_errors=False)
+
+
+class AcrossTurns(TestConfig):
+    """AG2's scripted model, read on from turn to turn (``TestConfig`` restarts its script at
+    each turn; a network agent answers one envelope per turn)."""
+
+    def create(self) -> TestClient:
+        client = super().create()
+        self._script = getattr(self, "_script", None) or client.events
+        client.events = self._script
+        return client
 
 
 # --- tools ---------------------------------------------------------------------------------
@@ -98,6 +114,16 @@ async def lookup(key: str) -> str:
 def broken(reason: str) -> str:
     """Always fails."""
     raise ValueError(reason)
+
+
+def route(topic: str) -> Handoff:
+    """Picks the specialist at run time (a dynamic handoff)."""
+    return Handoff(target="reviewer", reason=f"{topic} needs review")
+
+
+def wrap_up(summary: str) -> Finish:
+    """Ends the workflow channel."""
+    return Finish(summary=summary, reason="answered")
 
 
 async def deploy(target: str, ctx: Context) -> str:
@@ -191,6 +217,42 @@ async def model_failure() -> Expected:
                     failed={"conversation": 1, "agent_call": 1, "llm_call": 1})
 
 
+async def network_workflow() -> Expected:
+    """An ``ag2.network`` workflow channel: a graph hands the kickoff to the triager, whose
+    tool hands off to the reviewer (``Handoff``), whose tool ends the channel (``Finish``)."""
+    ledger = Ledger()
+    hub = await Hub.open(MemoryKnowledgeStore(), ttl_sweep_interval=0)
+    try:
+        lead = await hub.register(Agent("lead", config=AcrossTurns()))
+        triager = await hub.register(Agent("triager", tools=[route], config=AcrossTurns(
+            ledger.response(None, call("route", topic=f"key {SECRET}")),
+            ledger.response("Routed to review.", prompt=150), raise_tool_errors=False)))
+        reviewer = await hub.register(Agent("reviewer", tools=[wrap_up], config=AcrossTurns(
+            ledger.response(None, call("wrap_up", summary="Looks right.")),
+            ledger.response("Reviewed.", prompt=180), raise_tool_errors=False)))
+        graph = TransitionGraph(
+            initial_speaker=lead.agent_id,
+            transitions=[Transition(when=FromSpeaker(lead.agent_id),
+                                    then=AgentTarget(triager.agent_id))],
+            default_target=TerminateTarget(reason="fall_through"), max_turns=10)
+        channel = await lead.open(type=WORKFLOW_TYPE,
+                                  target=[triager.agent_id, reviewer.agent_id],
+                                  knobs={"graph": graph.to_dict()})
+        await channel.send("Triage the incident report.")
+        await lead.wait_for_channel_event(
+            channel_id=channel.channel_id, timeout=60.0,
+            predicate=lambda envelope: envelope.event_type == EV_CHANNEL_CLOSED)
+    finally:
+        await hub.close()
+    return Expected({"conversation": 1, "message": 3, "handoff": 2, "agent_call": 2,
+                     "llm_call": 4, "tool_call": 2}, ledger,
+                    nesting=[(name, "agent_call", "conversation")
+                             for name in ("triager", "reviewer")]
+                    + [("lead", "message", "conversation"), ("triager", "handoff", "conversation"),
+                       ("reviewer", "tool_call", "agent_call")],
+                    handoffs=[("triager", "handoff", "reviewer"), ("reviewer", "termination", None)])
+
+
 SCENARIOS: dict[str, Callable[[], Awaitable[Expected]]] = {
     "parallel_tools": parallel_tools,
     "delegation": delegation,
@@ -198,6 +260,7 @@ SCENARIOS: dict[str, Callable[[], Awaitable[Expected]]] = {
     "follow_up_unknown_model": follow_up_unknown_model,
     "concurrent_agents": concurrent_agents,
     "model_failure": model_failure,
+    "network_workflow": network_workflow,
 }
 
 
