@@ -19,7 +19,8 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any
 
-from ag2.events import ModelResponse, ToolErrorEvent, ToolNotFoundEvent, ToolResultEvent
+from ag2.events import (ModelResponse, TaskCompleted, TaskFailed, TaskStarted, ToolErrorEvent,
+                        ToolNotFoundEvent, ToolResultEvent)
 from ag2.middleware import BaseMiddleware
 
 from ..context import CURRENT, Scope
@@ -215,7 +216,7 @@ _TURN, _LLM, _TOOL, _HUMAN = Turn(), LLMCall(), ToolCall(), HumanInput()
 class Call:
     """A span between a hook's entry and exit (with its conversation, for a top-level turn)."""
 
-    __slots__ = ("activity", "capture", "span", "conversation", "current", "turn", "unknown")
+    __slots__ = ("activity", "capture", "span", "conversation", "current", "turn", "stream")
 
     def __init__(self, activity: Activity, capture: CaptureMiddleware, span: Span,
                  conversation: Span | None) -> None:
@@ -225,15 +226,16 @@ class Call:
         self.conversation = conversation
         self.current: Token[Scope | None] = CURRENT.set(span.inner)
         self.turn: Token[Span | None] | None = TURN.set(span) if activity is _TURN else None
-        self.unknown: Any = None
+        #: A turn's subscription to its stream (``_watch_stream``), left when it ends.
+        self.stream: Any = None
 
     def close(self, result: Any, exc: BaseException | None) -> None:
         """End the span (and its conversation) with the result or exception. Never raises."""
         runtime = self.capture.runtime
         _reset(TURN, self.turn)
         _reset(CURRENT, self.current)
-        if self.unknown is not None:
-            self.unknown.__exit__(None, None, None)
+        if self.stream is not None:
+            self.stream.__exit__(None, None, None)
         try:
             end = (End(status="failed", error=f"{type(exc).__name__}: {exc}") if exc is not None
                    else self.activity.end(result, self.capture))
@@ -277,7 +279,7 @@ def _open(activity: Activity, capture: CaptureMiddleware, subject: Any,
                                   meta=start.meta, scope=scope)
         call = Call(activity, capture, span, conversation)
         if activity is _TURN:
-            call.unknown = _watch_unknown_tools(capture, context)
+            call.stream = _watch_stream(capture, context)
         return call
     except Exception as exc:
         runtime.disable(activity.event_type, exc)
@@ -292,22 +294,44 @@ def _channel_span(runtime: Runtime, context: Any) -> Span | None:
     return runtime.channels.get(getattr(channel, "channel_id", None) or "")
 
 
-def _watch_unknown_tools(capture: CaptureMiddleware, context: Any) -> Any:
-    """For the turn: a call to a tool the agent does not have never reaches tool middleware;
-    AG2 answers it with a ``ToolNotFoundEvent`` on the stream, recorded as a failed tool call."""
-    tracker, agent = capture.runtime.tracker, capture.agent_name
+def _watch_stream(capture: CaptureMiddleware, context: Any) -> Any:
+    """For the turn, the point events AG2 only publishes on the turn's stream: a call to a tool
+    the agent does not have (it never reaches tool middleware: a failed ``tool_call``), and the
+    sub-tasks its tools start (``run_subtask(s)``, ``as_tool``: a ``message`` with the
+    objective, then one with the result or the failure)."""
+    runtime, agent = capture.runtime, capture.agent_name
 
     async def record(event: Any) -> None:
         try:
-            tracker.event("tool_call", subtype="unknown_tool", agent_name=agent, status="failed",
-                          inputs={"name": event.name, "call_id": event.parent_id},
-                          outputs={"success": False}, error=f"unknown tool {event.name!r}")
+            _record_stream_event(runtime, agent, event)
         except Exception as exc:
-            capture.runtime.disable("unknown tool", exc)
+            runtime.disable("turn stream", exc)
 
-    subscription = context.stream.where(ToolNotFoundEvent).sub_scope(record)
+    subscription = context.stream.where(_STREAM_EVENTS).sub_scope(record)
     subscription.__enter__()
     return subscription
+
+
+_STREAM_EVENTS = (ToolNotFoundEvent, TaskStarted, TaskCompleted, TaskFailed)
+
+
+def _record_stream_event(runtime: Runtime, agent: str | None, event: Any) -> None:
+    tracker = runtime.tracker
+    if isinstance(event, ToolNotFoundEvent):
+        tracker.event("tool_call", subtype="unknown_tool", agent_name=agent, status="failed",
+                      inputs={"name": event.name, "call_id": event.parent_id},
+                      outputs={"success": False}, error=f"unknown tool {event.name!r}")
+        return
+    started = isinstance(event, TaskStarted)
+    failed = isinstance(event, TaskFailed)
+    sender, recipient = (agent, event.agent_name) if started else (event.agent_name, agent)
+    content = (event.objective if started else None if failed
+               else getattr(event, "result", None))
+    tracker.event("message", subtype=f"task_{type(event).__name__[4:].lower()}",
+                  agent_name=sender, status="failed" if failed else "completed",
+                  error=f"{type(event.error).__name__}: {event.error}" if failed else None,
+                  inputs={"sender": sender, "recipient": recipient, "content": content},
+                  meta={"task_id": event.task_id, "objective": event.objective})
 
 
 # --- readers -------------------------------------------------------------------------------

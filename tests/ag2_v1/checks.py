@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
 from typing import Any
 
 from ag2_checks import check_capture
@@ -20,7 +21,7 @@ def check_v1_capture(events: list[Row], costs: list[Row], expected: dict[str, An
                              terminations=terminations)
     by_id = {e["id"]: e for e in events}
     for agent, child, parent in expected["nesting"]:
-        children = [e for e in events if e["agent"] == agent and e["type"] == child]
+        children = [e for e in events if fnmatch(e["agent"] or "", agent) and e["type"] == child]
         if not children:
             problems.append(f"no {child} of {agent} to check the parent of")
         for e in children:

@@ -16,7 +16,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Awaitable, Callable
 
-from ag2 import Agent, Context
+from ag2 import Agent, Context, TaskConfig
 from ag2.events import ModelMessage, ModelResponse, ToolCallEvent, ToolCallsEvent, Usage
 from ag2.knowledge import MemoryKnowledgeStore
 from ag2.network import (EV_CHANNEL_CLOSED, WORKFLOW_TYPE, AgentTarget, Finish, FromSpeaker,
@@ -68,7 +68,7 @@ class Expected:
     counts: dict[str, int]
     usage: Ledger
     failed: dict[str, int] = field(default_factory=dict)
-    #: ``(child agent, child type, parent type)``: where a nested span must hang.
+    #: ``(child agent pattern, child type, parent type)``: where nested events must hang.
     nesting: list[tuple[str, str, str]] = field(default_factory=list)
     #: ``(from, subtype, to)`` of each handoff, in order.
     handoffs: list[tuple[str, str, str | None]] = field(default_factory=list)
@@ -161,9 +161,28 @@ async def delegation() -> Expected:
         ledger.response("Summary: the sources agree.")),
         tools=[researcher.as_tool(description="Researches a question.")])
     await coordinator.ask("Is the claim right?")
-    return Expected({"conversation": 1, "agent_call": 2, "llm_call": 3, "tool_call": 1}, ledger,
+    # The delegation is a sub-task: its objective and its result are messages.
+    return Expected({"conversation": 1, "agent_call": 2, "llm_call": 3, "tool_call": 1,
+                     "message": 2}, ledger,
                     nesting=[("researcher", "agent_call", "tool_call"),
-                             ("coordinator", "tool_call", "agent_call")])
+                             ("coordinator", "tool_call", "agent_call"),
+                             ("*", "message", "tool_call")])
+
+
+async def parallel_subtasks() -> Expected:
+    """``run_subtasks`` fans two sub-task agents out in parallel (``TaskConfig``)."""
+    ledger = Ledger()
+    subtask_reply = ledger.response("Part done.", prompt=50)
+    ledger.response("Part done.", prompt=50)  # the second sub-task replays the same script
+    planner = Agent("planner", tasks=TaskConfig(config=config(subtask_reply)), config=config(
+        ledger.response(None, call("run_subtasks", tasks=["part one", "part two"])),
+        ledger.response("Both parts done.")))
+    await planner.ask("Do both parts.")
+    return Expected({"conversation": 1, "agent_call": 3, "llm_call": 4, "tool_call": 1,
+                     "message": 4}, ledger,
+                    nesting=[("subtask-*", "agent_call", "tool_call"),
+                             ("subtask-*", "llm_call", "agent_call"),
+                             ("*", "message", "tool_call")])
 
 
 async def human_approval() -> Expected:
@@ -256,6 +275,7 @@ async def network_workflow() -> Expected:
 SCENARIOS: dict[str, Callable[[], Awaitable[Expected]]] = {
     "parallel_tools": parallel_tools,
     "delegation": delegation,
+    "parallel_subtasks": parallel_subtasks,
     "human_approval": human_approval,
     "follow_up_unknown_model": follow_up_unknown_model,
     "concurrent_agents": concurrent_agents,
