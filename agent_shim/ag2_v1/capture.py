@@ -19,8 +19,8 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any
 
-from ag2.events import (ModelResponse, TaskCompleted, TaskFailed, TaskStarted, ToolErrorEvent,
-                        ToolNotFoundEvent, ToolResultEvent)
+from ag2.events import (ModelRequest, ModelResponse, TaskCompleted, TaskFailed, TaskStarted,
+                        ToolErrorEvent, ToolNotFoundEvent, ToolResultEvent, ToolResultsEvent)
 from ag2.middleware import BaseMiddleware
 
 from ..context import CURRENT, Scope
@@ -216,7 +216,7 @@ _TURN, _LLM, _TOOL, _HUMAN = Turn(), LLMCall(), ToolCall(), HumanInput()
 class Call:
     """A span between a hook's entry and exit (with its conversation, for a top-level turn)."""
 
-    __slots__ = ("activity", "capture", "span", "conversation", "current", "turn", "stream")
+    __slots__ = ("activity", "capture", "span", "conversation", "current", "turn")
 
     def __init__(self, activity: Activity, capture: CaptureMiddleware, span: Span,
                  conversation: Span | None) -> None:
@@ -226,16 +226,12 @@ class Call:
         self.conversation = conversation
         self.current: Token[Scope | None] = CURRENT.set(span.inner)
         self.turn: Token[Span | None] | None = TURN.set(span) if activity is _TURN else None
-        #: A turn's subscription to its stream (``_watch_stream``), left when it ends.
-        self.stream: Any = None
 
     def close(self, result: Any, exc: BaseException | None) -> None:
         """End the span (and its conversation) with the result or exception. Never raises."""
         runtime = self.capture.runtime
         _reset(TURN, self.turn)
         _reset(CURRENT, self.current)
-        if self.stream is not None:
-            self.stream.__exit__(None, None, None)
         try:
             end = (End(status="failed", error=f"{type(exc).__name__}: {exc}") if exc is not None
                    else self.activity.end(result, self.capture))
@@ -264,6 +260,8 @@ def _open(activity: Activity, capture: CaptureMiddleware, subject: Any,
         return None
     try:
         tracker, agent = runtime.tracker, capture.agent_name
+        if activity is _LLM:
+            _record_tool_round(runtime, agent, subject)
         start = activity.begin(subject)
         conversation = scope = None
         if activity is _TURN and TURN.get() is None:
@@ -278,8 +276,6 @@ def _open(activity: Activity, capture: CaptureMiddleware, subject: Any,
         span = tracker.start_span(activity.event_type, agent_name=agent, inputs=start.inputs,
                                   meta=start.meta, scope=scope)
         call = Call(activity, capture, span, conversation)
-        if activity is _TURN:
-            call.stream = _watch_stream(capture, context)
         return call
     except Exception as exc:
         runtime.disable(activity.event_type, exc)
@@ -294,28 +290,33 @@ def _channel_span(runtime: Runtime, context: Any) -> Span | None:
     return runtime.channels.get(getattr(channel, "channel_id", None) or "")
 
 
-def _watch_stream(capture: CaptureMiddleware, context: Any) -> Any:
-    """For the turn, the point events AG2 only publishes on the turn's stream: a call to a tool
-    the agent does not have (it never reaches tool middleware: a failed ``tool_call``), and the
-    sub-tasks its tools start (``run_subtask(s)``, ``as_tool``: a ``message`` with the
-    objective, then one with the result or the failure)."""
-    runtime, agent = capture.runtime, capture.agent_name
+def _record_tool_round(runtime: Runtime, agent: str | None, events: Sequence[Any]) -> None:
+    """What the tool round before this LLM call left in the turn's history and no hook saw:
+    calls to tools the agent does not have (AG2 answers them with a ``ToolNotFoundEvent``
+    without running tool middleware: a failed ``tool_call``), and the sub-tasks its tools ran
+    (``as_tool``, ``run_subtask(s)``: a ``message`` with each objective, then one with each
+    result or failure). Read from the history AG2 hands the model, back to the response that
+    asked for the tools; a stream subscription per turn would cost milliseconds."""
+    if not events or not isinstance(events[-1], ToolResultsEvent):
+        return
+    since: list[Any] = []
+    for event in reversed(events):
+        if isinstance(event, (ModelResponse, ModelRequest)):
+            break
+        since.append(event)
+    for event in reversed(since):
+        if isinstance(event, ToolResultsEvent):
+            for result in event.results:
+                if isinstance(result, ToolNotFoundEvent):
+                    _record_history_event(runtime, agent, result)
+        elif isinstance(event, _TASK_EVENTS):
+            _record_history_event(runtime, agent, event)
 
-    async def record(event: Any) -> None:
-        try:
-            _record_stream_event(runtime, agent, event)
-        except Exception as exc:
-            runtime.disable("turn stream", exc)
 
-    subscription = context.stream.where(_STREAM_EVENTS).sub_scope(record)
-    subscription.__enter__()
-    return subscription
+_TASK_EVENTS = (TaskStarted, TaskCompleted, TaskFailed)
 
 
-_STREAM_EVENTS = (ToolNotFoundEvent, TaskStarted, TaskCompleted, TaskFailed)
-
-
-def _record_stream_event(runtime: Runtime, agent: str | None, event: Any) -> None:
+def _record_history_event(runtime: Runtime, agent: str | None, event: Any) -> None:
     tracker = runtime.tracker
     if isinstance(event, ToolNotFoundEvent):
         tracker.event("tool_call", subtype="unknown_tool", agent_name=agent, status="failed",

@@ -9,10 +9,13 @@ model and counted (:meth:`PriceTable.unpriced`), and no price is ever guessed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from decimal import Decimal
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -67,26 +70,23 @@ class PriceTable:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._unpriced: Counter[tuple[str, str | None]] = Counter()
-        self._calc: Any = None
-        self._version: str | None = None
+        self._loaded_table: _Table | None = None
         self._loaded = False
 
     def price(self, provider: str | None, model: str | None, tokens: Tokens) -> Price:
         """The cost of one call; never raises, never guesses."""
-        calc, version = self._table()
-        record: dict[str, Any] = {"table": TABLE, "version": version}
-        if calc is None:
+        table = self._table()
+        record: dict[str, Any] = {"table": TABLE, "version": table.version if table else None}
+        if table is None:
             return self._unknown(record, "table not installed", model)
         if not model or tokens.prompt is None and tokens.completion is None:
             return self._unknown(record, "no model or no tokens", model)
-        provider_id = _PROVIDER_IDS.get(provider or "", provider) or None
-        try:
-            calculation = calc(_usage(provider, tokens), model, provider_id=provider_id)
-        except LookupError:
+        found = table.lookup(_PROVIDER_IDS.get(provider or "", provider) or None, model,
+                             datetime.now(timezone.utc).date())
+        if found is None:
             return self._unknown(record, "unknown model", model)
-        record.update(status="priced", provider=calculation.provider.id,
-                      model=calculation.model.id)
-        return Price(float(calculation.total_price), record)
+        record.update(status="priced", provider=found.provider.id, model=found.model.id)
+        return Price(found.cost(provider, tokens), record)
 
     def unpriced(self) -> dict[str, int]:
         """How many calls went unpriced, by ``"<reason>: <model>"``."""
@@ -103,31 +103,89 @@ class PriceTable:
         record["status"] = reason
         return Price(None, record)
 
-    def _table(self) -> tuple[Any, str | None]:
+    def _table(self) -> _Table | None:
         # Imported on the first priced call, not at install: it pulls in pydantic and httpx.
         if not self._loaded:
             try:
                 import genai_prices
 
-                self._calc, self._version = genai_prices.calc_price, genai_prices.__version__
+                self._loaded_table = _Table(genai_prices)
             except Exception:
-                self._calc = None
+                self._loaded_table = None
             self._loaded = True
-        return self._calc, self._version
+        return self._loaded_table
 
 
-def _usage(provider: str | None, tokens: Tokens) -> Any:
-    """The table's usage: its input tokens include cache reads and writes, its output tokens
-    include reasoning, whatever the provider's own report leaves out."""
-    from genai_prices import Usage
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """A model's entry in the table, with its prices on one day."""
 
+    provider: Any
+    model: Any
+    prices: Any
+
+    def cost(self, provider: str | None, tokens: Tokens) -> float:
+        counts = _counts(provider, tokens)
+        flat = self._flat(counts)
+        if flat is not None:
+            return flat
+        # Tiered or unusual prices: the table's own calculation (about a millisecond a call).
+        from genai_prices import Usage
+
+        usage = Usage(input_tokens=counts.input, output_tokens=counts.output,
+                      cache_read_tokens=counts.cached, cache_write_tokens=counts.written)
+        return float(self.model.calc_price(usage, self.provider).total_price)
+
+    def _flat(self, counts: _Counts) -> float | None:
+        """The table's flat per-million rates applied as the table applies them: input tokens
+        less the cached ones at the input rate, cache reads and writes at their own rates;
+        ``None`` when a token class this call used has no flat rate of its own."""
+        prices = self.prices
+        billed: tuple[tuple[Any, int], ...] = ((getattr(prices, "input_mtok", None), counts.input - counts.cached - counts.written),
+                  (getattr(prices, "output_mtok", None), counts.output),
+                  (getattr(prices, "cache_read_mtok", None), counts.cached),
+                  (getattr(prices, "cache_write_mtok", None), counts.written))
+        if any(n and not isinstance(rate, Decimal) for rate, n in billed):
+            return None
+        return float(sum((rate * n for rate, n in billed if n), Decimal(0)) / 1_000_000)
+
+
+class _Table:
+    """The installed ``genai-prices`` table; lookups are cached per model and day."""
+
+    def __init__(self, genai_prices: Any) -> None:
+        self.version: str = genai_prices.__version__
+        self._snapshot = genai_prices.data_snapshot.get_snapshot()
+        self.lookup = functools.lru_cache(maxsize=256)(self._lookup)
+
+    def _lookup(self, provider_id: str | None, model: str, day: date) -> _Found | None:
+        try:
+            provider, info = self._snapshot.find_provider_model(model, None, provider_id, None)
+        except LookupError:
+            return None
+        moment = datetime(day.year, day.month, day.day, 12, tzinfo=timezone.utc)
+        return _Found(provider, info, info.get_prices(moment))
+
+
+@dataclass(frozen=True, slots=True)
+class _Counts:
+    """Token counts as the table counts them."""
+
+    input: int
+    output: int
+    cached: int
+    written: int
+
+
+def _counts(provider: str | None, tokens: Tokens) -> _Counts:
+    """The table's input tokens include cache reads and writes, its output tokens include
+    reasoning, whatever the provider's own report leaves out."""
     cached, written = tokens.cached or 0, tokens.cache_write or 0
     input_tokens = (tokens.prompt or 0) + (
         cached + written if provider in _CACHE_OUTSIDE_PROMPT else 0)
     output_tokens = (tokens.completion or 0) + (
         tokens.reasoning or 0 if provider in _REASONING_OUTSIDE_COMPLETION else 0)
-    return Usage(input_tokens=input_tokens, output_tokens=output_tokens,
-                 cache_read_tokens=cached or None, cache_write_tokens=written or None)
+    return _Counts(input_tokens, output_tokens, cached, written)
 
 
 def _count(usage: Any, field: str) -> int | None:

@@ -166,7 +166,7 @@ async def delegation() -> Expected:
                      "message": 2}, ledger,
                     nesting=[("researcher", "agent_call", "tool_call"),
                              ("coordinator", "tool_call", "agent_call"),
-                             ("*", "message", "tool_call")])
+                             ("*", "message", "agent_call")])
 
 
 async def parallel_subtasks() -> Expected:
@@ -182,7 +182,7 @@ async def parallel_subtasks() -> Expected:
                      "message": 4}, ledger,
                     nesting=[("subtask-*", "agent_call", "tool_call"),
                              ("subtask-*", "llm_call", "agent_call"),
-                             ("*", "message", "tool_call")])
+                             ("planner", "message", "agent_call")])
 
 
 async def human_approval() -> Expected:

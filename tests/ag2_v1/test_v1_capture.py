@@ -111,3 +111,12 @@ class TestAutoload:
             from agent_shim import ag2_v1
             print(ag2_v1.install(), ag2_v1.installed(), len(ag2.Agent("a").middleware))
             """) == ["False", "False", "0"]
+
+
+def test_flat_rates_price_a_call_as_the_table_itself_does():
+    tokens = Tokens(prompt=12_000, completion=900, cached=4_000)
+    ours = PriceTable().price("openai", "gpt-4o-mini", tokens).cost_usd
+    theirs = genai_prices.calc_price(
+        genai_prices.Usage(input_tokens=12_000, output_tokens=900, cache_read_tokens=4_000),
+        "gpt-4o-mini", provider_id="openai").total_price
+    assert ours == pytest.approx(float(theirs), rel=1e-12)
