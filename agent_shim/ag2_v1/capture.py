@@ -5,7 +5,8 @@ LLM call, each tool execution and each human-input request. :class:`CaptureMiddl
 span around each of them; the span is the current scope (a ``ContextVar``) while the hook's
 ``call_next`` runs, so the tool calls AG2 runs as parallel tasks, sync tools on worker threads
 and nested agents (``as_tool``, sub-tasks) all find their parent. A turn that starts outside any
-turn also opens the ``conversation`` it belongs to.
+turn opens the ``conversation`` it belongs to, unless an ``ag2.network`` envelope started it:
+then it belongs to that channel's conversation (``network.py``).
 
 Our code runs inside ``try``; ``call_next`` runs outside it, so the program's exceptions pass
 unchanged. A failure of our own disables capture for this installation, logged once.
@@ -275,8 +276,7 @@ def _open(activity: Activity, capture: CaptureMiddleware, subject: Any,
                 scope = conversation.inner
         span = tracker.start_span(activity.event_type, agent_name=agent, inputs=start.inputs,
                                   meta=start.meta, scope=scope)
-        call = Call(activity, capture, span, conversation)
-        return call
+        return Call(activity, capture, span, conversation)
     except Exception as exc:
         runtime.disable(activity.event_type, exc)
         return None
