@@ -5,42 +5,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from .install_checks import require_startup_hook
-from .support import CollectorProcess, fetch, wait_for
+from .support import CollectorProcess, cost_rows, event_rows, fetch, wait_for
 
 AG2_TESTS = Path(__file__).parent / "ag2"
 sys.path.insert(0, str(AG2_TESTS))
 
 import ag2_checks  # noqa: E402
 import scenarios  # noqa: E402
-
-
-def _events(dsn: str) -> list[dict]:
-    rows = fetch(dsn, "SELECT id, parent_event_id, run_id, event_type, event_subtype, agent_name, "
-                 "status, inputs, outputs, meta, error_message FROM execution_events")
-    return [{"id": r["id"], "parent": r["parent_event_id"], "run": r["run_id"],
-             "type": r["event_type"], "subtype": r["event_subtype"], "agent": r["agent_name"],
-             "status": r["status"], "inputs": _json(r["inputs"]), "outputs": _json(r["outputs"]),
-             "meta": _json(r["meta"]), "error": r["error_message"]} for r in rows]
-
-
-def _costs(dsn: str) -> list[dict]:
-    rows = fetch(dsn, "SELECT run_id, event_id, model, agent_name, prompt_tokens, "
-                 "completion_tokens, total_tokens, cost_usd FROM cost_records")
-    return [{"run": r["run_id"], "event": r["event_id"], "model": r["model"],
-             "agent": r["agent_name"], "prompt_tokens": r["prompt_tokens"],
-             "completion_tokens": r["completion_tokens"], "total_tokens": r["total_tokens"],
-             "cost_usd": float(r["cost_usd"]) if isinstance(r["cost_usd"], Decimal) else None}
-            for r in rows]
-
-
-def _json(text: str | None) -> object:
-    return None if text is None else json.loads(text)
 
 
 @pytest.mark.parametrize("name", list(scenarios.SCENARIOS))
@@ -55,9 +31,9 @@ def test_unmodified_program_is_captured_into_the_database(
     assert result.returncode == 0, result.stderr
     expected = json.loads(result.stdout.strip().splitlines()[-1])
     total = sum(expected["counts"].values())
-    wait_for(lambda: len(_events(collector.dsn)) >= total)
+    wait_for(lambda: len(event_rows(collector.dsn)) >= total)
 
-    events, costs = _events(collector.dsn), _costs(collector.dsn)
+    events, costs = event_rows(collector.dsn), cost_rows(collector.dsn)
     problems = ag2_checks.check_capture(
         events, costs, counts=expected["counts"], usage=expected["usage"],
         secret=scenarios.SECRET, failed=expected["failed"], terminations=expected["terminations"])

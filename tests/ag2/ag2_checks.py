@@ -93,9 +93,10 @@ def check_capture(events: list[Row], costs: list[Row], *, counts: dict[str, int]
     if ended != terminations:
         problems.append(f"{ended} terminations recorded, expected {terminations}")
 
-    llm_ids = {e["id"] for e in events if e["type"] == "llm_call"}
+    # A failed LLM call has no usage, hence no cost record.
+    llm_ids = {e["id"] for e in events if e["type"] == "llm_call" and e["status"] == "completed"}
     if {c["event"] for c in costs} != llm_ids or len(costs) != len(llm_ids):
-        problems.append("cost records do not match the LLM calls one to one")
+        problems.append("cost records do not match the completed LLM calls one to one")
     for field in ("prompt_tokens", "completion_tokens", "total_tokens"):
         total = sum(c[field] or 0 for c in costs)
         in_events = sum((e.get("meta") or {}).get(field) or 0

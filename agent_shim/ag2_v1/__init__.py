@@ -1,0 +1,127 @@
+"""Automatic capture of AG2 1.x programs (the module ``ag2``: Agent, middleware, networks).
+
+AG2 1.x has extension points for exactly this. ``install()`` patches ``ag2.Agent.__init__`` so
+that every agent constructed afterwards gets the capture middleware inserted outermost
+(``Agent.insert_middleware``); it records turns, LLM calls (tokens, and a cost from
+``agent_shim.ag2_v1.pricing``), tool calls and human input. If ``ag2.network`` is imported, it
+also patches ``Hub.__init__`` to register a ``HubListener`` on every hub (channels, envelopes,
+routing: ``agent_shim.ag2_v1.network``). With ``CMBAGENT_COLLECTOR_URL`` set,
+``agent_shim._autoload`` calls ``install()`` as soon as ``ag2`` is imported, and again when
+``ag2.network`` is. See docs/ag2-capture.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..tracker import DisabledTracker, Tracker
+    from .capture import Runtime
+
+__all__ = ["install", "uninstall", "installed", "disabled_hooks", "unpriced"]
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+#: ``(owner, attribute, original)`` of every patch, to put back in reverse order.
+_patches: list[tuple[Any, str, Any]] = []
+
+
+def install(tracker: Tracker | DisabledTracker | None = None) -> bool:
+    """Capture AG2 1.x agents constructed from now on into ``tracker`` (default: the process's).
+
+    Returns ``True`` if capture is in place afterwards. A second call only adds the hub
+    listener if ``ag2.network`` has been imported since; a disabled tracker, or an ``ag2`` that
+    is not 1.x, patches nothing. Never raises.
+    """
+    with _lock:
+        if _runtime is None and not _install_agents(tracker):
+            return False
+        assert _runtime is not None
+        hubs_patched = any(owner.__name__ == "Hub" for owner, _, _ in _patches)
+        if "ag2.network" in sys.modules and not hubs_patched:
+            _install_hubs(_runtime)
+        return True
+
+
+def _install_agents(tracker: Tracker | DisabledTracker | None) -> bool:
+    """Patch ``Agent.__init__`` to insert the capture middleware; ``False`` if not installed."""
+    global _runtime
+    try:
+        if tracker is None:
+            from .. import activate
+
+            tracker = activate()
+        if not tracker.enabled:
+            return False
+        from ag2 import Agent
+
+        if not hasattr(Agent, "insert_middleware"):
+            return False  # not the 1.x framework
+        from .capture import CaptureFactory, Runtime
+
+        runtime = Runtime(tracker)  # type: ignore[arg-type]
+        original = Agent.__init__
+
+        @functools.wraps(original)
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            original(self, *args, **kwargs)
+            if runtime.enabled:
+                try:
+                    self.insert_middleware(CaptureFactory(self.name, runtime))
+                except Exception as exc:
+                    runtime.disable("Agent.__init__", exc)
+
+        Agent.__init__ = __init__  # type: ignore[method-assign]
+    except Exception as exc:
+        log.warning("cmbagent-tracking: AG2 1.x capture not installed", exc_info=exc)
+        return False
+    _runtime = runtime
+    _patches.append((Agent, "__init__", original))
+    return True
+
+
+def _install_hubs(runtime: Runtime) -> None:
+    """Register the capture listener on every ``ag2.network`` hub built from now on."""
+    try:
+        from .network import patch_hub
+
+        _patches.extend(patch_hub(runtime))
+    except Exception as exc:
+        log.warning("cmbagent-tracking: AG2 1.x network capture not installed", exc_info=exc)
+
+
+def uninstall() -> bool:
+    """Put every patched attribute back and stop recording (agents and hubs built meanwhile
+    included). ``False`` if capture was not installed.
+    """
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            return False
+        for owner, name, original in reversed(_patches):
+            setattr(owner, name, original)
+        _patches.clear()
+        _runtime.active = False
+        _runtime = None
+        return True
+
+
+def installed() -> bool:
+    """Whether capture is in place."""
+    return _runtime is not None
+
+
+def disabled_hooks() -> list[str]:
+    """Where capture switched itself off after an internal error since ``install()``."""
+    return list(_runtime.disabled) if _runtime is not None else []
+
+
+def unpriced() -> dict[str, int]:
+    """LLM calls recorded without a cost since ``install()``, by reason and model."""
+    return _runtime.prices.unpriced() if _runtime is not None else {}

@@ -1,0 +1,371 @@
+"""The capture middleware: AG2 1.x's own extension point, outermost in every agent.
+
+AG2 instantiates an agent's middleware once per turn and chains its hooks around the turn, each
+LLM call, each tool execution and each human-input request. :class:`CaptureMiddleware` opens a
+span around each of them; the span is the current scope (a ``ContextVar``) while the hook's
+``call_next`` runs, so the tool calls AG2 runs as parallel tasks, sync tools on worker threads
+and nested agents (``as_tool``, sub-tasks) all find their parent. A turn that starts outside any
+turn opens the ``conversation`` it belongs to, unless an ``ag2.network`` envelope started it:
+then it belongs to that channel's conversation (``network.py``).
+
+Our code runs inside ``try``; ``call_next`` runs outside it, so the program's exceptions pass
+unchanged. A failure of our own disables capture for this installation, logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
+from typing import Any
+
+from ag2.events import (ModelRequest, ModelResponse, TaskCompleted, TaskFailed, TaskStarted,
+                        ToolErrorEvent, ToolNotFoundEvent, ToolResultEvent, ToolResultsEvent)
+from ag2.middleware import BaseMiddleware
+
+from ..context import CURRENT, Scope
+from ..tracker import Span, Tracker
+from .pricing import PriceTable, Tokens
+
+log = logging.getLogger(__name__)
+
+#: Where the network client puts a turn's channel (``ag2.network.policies.CHANNEL_DEP``).
+CHANNEL_DEPENDENCY = "ag2.network.channel"
+
+#: The innermost open turn; a turn opened with none is the start of a conversation.
+TURN: ContextVar[Span | None] = ContextVar("cmbagent_ag2_v1_turn", default=None)
+
+
+@dataclass
+class Runtime:
+    """What every capture middleware of one installation shares."""
+
+    tracker: Tracker
+    prices: PriceTable = field(default_factory=PriceTable)
+    disabled: list[str] = field(default_factory=list)
+    #: The open span of each ``ag2.network`` channel, by channel id (``network.py``).
+    channels: dict[str, Span] = field(default_factory=dict)
+    #: Cleared by ``uninstall()``: agents built before it stop recording too.
+    active: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        return self.active and not self.disabled
+
+    def disable(self, where: str, exc: BaseException) -> None:
+        """Stop capturing after a failure of our own; logged once."""
+        if not self.disabled:
+            log.warning("cmbagent-tracking: AG2 1.x capture disabled after an internal error in "
+                        "%s", where, exc_info=exc)
+        self.disabled.append(where)
+
+
+class CaptureFactory:
+    """The middleware factory inserted into one agent (AG2 calls it at the start of each turn)."""
+
+    def __init__(self, agent_name: str | None, runtime: Runtime) -> None:
+        self.agent_name = agent_name
+        self.runtime = runtime
+
+    def __call__(self, event: Any, context: Any) -> CaptureMiddleware:
+        return CaptureMiddleware(event, context, self.agent_name, self.runtime)
+
+
+class CaptureMiddleware(BaseMiddleware):  # type: ignore[misc]
+    """Records one turn of one agent, with its LLM calls, tool calls and human input."""
+
+    def __init__(self, event: Any, context: Any, agent_name: str | None,
+                 runtime: Runtime) -> None:
+        super().__init__(event, context)
+        self.agent_name = agent_name
+        self.runtime = runtime
+
+    async def on_turn(self, call_next: Callable[..., Awaitable[Any]], event: Any,
+                      context: Any) -> Any:
+        return await self._traced(_TURN, call_next, event, context)
+
+    async def on_llm_call(self, call_next: Callable[..., Awaitable[Any]],
+                          events: Sequence[Any], context: Any) -> Any:
+        return await self._traced(_LLM, call_next, events, context)
+
+    async def on_tool_execution(self, call_next: Callable[..., Awaitable[Any]], event: Any,
+                                context: Any) -> Any:
+        return await self._traced(_TOOL, call_next, event, context)
+
+    async def on_human_input(self, call_next: Callable[..., Awaitable[Any]], event: Any,
+                             context: Any) -> Any:
+        return await self._traced(_HUMAN, call_next, event, context)
+
+    async def _traced(self, activity: Activity, call_next: Callable[..., Awaitable[Any]],
+                      subject: Any, context: Any) -> Any:
+        call = _open(activity, self, subject, context)
+        if call is None:
+            return await call_next(subject, context)
+        try:
+            result = await call_next(subject, context)
+        except BaseException as exc:
+            call.close(None, exc)
+            raise
+        call.close(result, None)
+        return result
+
+
+# --- what each hook records ----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Start:
+    inputs: Any = None
+    meta: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class End:
+    status: str = "completed"
+    outputs: Any = None
+    meta: dict[str, Any] | None = None
+    error: str | None = None
+    subtype: str | None = None
+    cost: dict[str, Any] | None = None
+
+
+class Activity:
+    """One kind of hook: the event type and what it records at entry and exit."""
+
+    event_type = ""
+
+    def begin(self, subject: Any) -> Start:
+        raise NotImplementedError
+
+    def end(self, result: Any, capture: CaptureMiddleware) -> End:
+        raise NotImplementedError
+
+
+class Turn(Activity):
+    event_type = "agent_call"
+
+    def begin(self, subject: Any) -> Start:
+        return Start(inputs={"message": event_text(subject), "event": type(subject).__name__},
+                     meta={"framework": "ag2", "class": "Agent"})
+
+    def end(self, result: Any, capture: CaptureMiddleware) -> End:
+        return End(outputs={"reply": getattr(result, "content", None)})
+
+
+class LLMCall(Activity):
+    event_type = "llm_call"
+
+    def begin(self, subject: Any) -> Start:
+        events = list(subject) if subject is not None else []
+        return Start(inputs={"messages": len(events),
+                             "last_message": event_text(events[-1]) if events else None})
+
+    def end(self, result: Any, capture: CaptureMiddleware) -> End:
+        provider, model = getattr(result, "provider", None), getattr(result, "model", None)
+        tokens = Tokens.of(getattr(result, "usage", None))
+        price = capture.runtime.prices.price(provider, model, tokens)
+        tool_calls = getattr(getattr(result, "tool_calls", None), "calls", None) or []
+        meta = {"model": model, "provider": provider, "prompt_tokens": tokens.prompt,
+                "completion_tokens": tokens.completion, "total_tokens": tokens.total,
+                "cached_tokens": tokens.cached, "cache_write_tokens": tokens.cache_write,
+                "reasoning_tokens": tokens.reasoning,
+                "finish_reason": getattr(result, "finish_reason", None),
+                "cost": price.cost_usd, "pricing": price.record}
+        outputs = {"content": getattr(result, "content", None),
+                   "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments}
+                                  for c in tool_calls] or None}
+        return End(outputs=outputs, meta=meta,
+                   cost={"model": model, "agent_name": capture.agent_name,
+                         "prompt_tokens": tokens.prompt, "completion_tokens": tokens.completion,
+                         "total_tokens": tokens.total, "cost_usd": price.cost_usd})
+
+
+class ToolCall(Activity):
+    event_type = "tool_call"
+
+    def begin(self, subject: Any) -> Start:
+        return Start(inputs=tool_inputs(subject))
+
+    def end(self, result: Any, capture: CaptureMiddleware) -> End:
+        if isinstance(result, ToolErrorEvent):
+            error = getattr(result, "error", None)
+            return End(status="failed", outputs={"success": False},
+                       error=f"{type(error).__name__}: {error}")
+        if isinstance(result, ToolResultEvent):
+            return End(outputs={"success": True, "content": tool_result(result)})
+        # ClientToolCallEvent: the tool runs in the client; the model is told to call it there.
+        return End(outputs={"success": True, "client": True}, subtype="client")
+
+
+class HumanInput(Activity):
+    event_type = "human_input"
+
+    def begin(self, subject: Any) -> Start:
+        return Start(inputs={"prompt": getattr(subject, "content", None)})
+
+    def end(self, result: Any, capture: CaptureMiddleware) -> End:
+        return End(outputs={"answer": getattr(result, "content", None)})
+
+
+_TURN, _LLM, _TOOL, _HUMAN = Turn(), LLMCall(), ToolCall(), HumanInput()
+
+
+# --- one recorded hook call ----------------------------------------------------------------
+
+
+class Call:
+    """A span between a hook's entry and exit (with its conversation, for a top-level turn)."""
+
+    __slots__ = ("activity", "capture", "span", "conversation", "current", "turn")
+
+    def __init__(self, activity: Activity, capture: CaptureMiddleware, span: Span,
+                 conversation: Span | None) -> None:
+        self.activity = activity
+        self.capture = capture
+        self.span = span
+        self.conversation = conversation
+        self.current: Token[Scope | None] = CURRENT.set(span.inner)
+        self.turn: Token[Span | None] | None = TURN.set(span) if activity is _TURN else None
+
+    def close(self, result: Any, exc: BaseException | None) -> None:
+        """End the span (and its conversation) with the result or exception. Never raises."""
+        runtime = self.capture.runtime
+        _reset(TURN, self.turn)
+        _reset(CURRENT, self.current)
+        try:
+            end = (End(status="failed", error=f"{type(exc).__name__}: {exc}") if exc is not None
+                   else self.activity.end(result, self.capture))
+        except Exception as err:
+            runtime.disable(self.activity.event_type, err)
+            end = End()  # never leave it open
+        tracker = runtime.tracker
+        try:
+            tracker.end_span(self.span, status=end.status, outputs=end.outputs, meta=end.meta,
+                             error=end.error, subtype=end.subtype)
+            if end.cost is not None:
+                tracker.cost(**end.cost, event_id=self.span.id, scope=self.span.scope)
+            if self.conversation is not None:
+                summary = end.outputs.get("reply") if isinstance(end.outputs, dict) else None
+                tracker.end_span(self.conversation, status=end.status, error=end.error,
+                                 outputs={"summary": summary})
+        except Exception as err:
+            runtime.disable(self.activity.event_type, err)
+
+
+def _open(activity: Activity, capture: CaptureMiddleware, subject: Any,
+          context: Any) -> Call | None:
+    """Start recording one hook call; ``None`` when capture is off. Never raises."""
+    runtime = capture.runtime
+    if not runtime.enabled:
+        return None
+    try:
+        tracker, agent = runtime.tracker, capture.agent_name
+        if activity is _LLM:
+            _record_tool_round(runtime, agent, subject)
+        start = activity.begin(subject)
+        conversation = scope = None
+        if activity is _TURN and TURN.get() is None:
+            channel = _channel_span(runtime, context)
+            if channel is not None:  # a turn an envelope triggered: it is in that channel
+                scope = channel.inner
+            else:
+                conversation = tracker.start_span(
+                    "conversation", agent_name=agent, meta={"framework": "ag2"},
+                    inputs={"initiator": agent, "message": start.inputs["message"]})
+                scope = conversation.inner
+        span = tracker.start_span(activity.event_type, agent_name=agent, inputs=start.inputs,
+                                  meta=start.meta, scope=scope)
+        return Call(activity, capture, span, conversation)
+    except Exception as exc:
+        runtime.disable(activity.event_type, exc)
+        return None
+
+
+def _channel_span(runtime: Runtime, context: Any) -> Span | None:
+    """The open span of the ``ag2.network`` channel whose envelope started this turn."""
+    if not runtime.channels:
+        return None
+    channel = (getattr(context, "dependencies", None) or {}).get(CHANNEL_DEPENDENCY)
+    return runtime.channels.get(getattr(channel, "channel_id", None) or "")
+
+
+def _record_tool_round(runtime: Runtime, agent: str | None, events: Sequence[Any]) -> None:
+    """What the tool round before this LLM call left in the turn's history and no hook saw:
+    calls to tools the agent does not have (AG2 answers them with a ``ToolNotFoundEvent``
+    without running tool middleware: a failed ``tool_call``), and the sub-tasks its tools ran
+    (``as_tool``, ``run_subtask(s)``: a ``message`` with each objective, then one with each
+    result or failure). Read from the history AG2 hands the model, back to the response that
+    asked for the tools; a stream subscription per turn would cost milliseconds."""
+    if not events or not isinstance(events[-1], ToolResultsEvent):
+        return
+    since: list[Any] = []
+    for event in reversed(events):
+        if isinstance(event, (ModelResponse, ModelRequest)):
+            break
+        since.append(event)
+    for event in reversed(since):
+        if isinstance(event, ToolResultsEvent):
+            for result in event.results:
+                if isinstance(result, ToolNotFoundEvent):
+                    _record_history_event(runtime, agent, result)
+        elif isinstance(event, _TASK_EVENTS):
+            _record_history_event(runtime, agent, event)
+
+
+_TASK_EVENTS = (TaskStarted, TaskCompleted, TaskFailed)
+
+
+def _record_history_event(runtime: Runtime, agent: str | None, event: Any) -> None:
+    tracker = runtime.tracker
+    if isinstance(event, ToolNotFoundEvent):
+        tracker.event("tool_call", subtype="unknown_tool", agent_name=agent, status="failed",
+                      inputs={"name": event.name, "call_id": event.parent_id},
+                      outputs={"success": False}, error=f"unknown tool {event.name!r}")
+        return
+    started = isinstance(event, TaskStarted)
+    failed = isinstance(event, TaskFailed)
+    sender, recipient = (agent, event.agent_name) if started else (event.agent_name, agent)
+    content = (event.objective if started else None if failed
+               else getattr(event, "result", None))
+    tracker.event("message", subtype=f"task_{type(event).__name__[4:].lower()}",
+                  agent_name=sender, status="failed" if failed else "completed",
+                  error=f"{type(event.error).__name__}: {event.error}" if failed else None,
+                  inputs={"sender": sender, "recipient": recipient, "content": content},
+                  meta={"task_id": event.task_id, "objective": event.objective})
+
+
+# --- readers -------------------------------------------------------------------------------
+
+
+def event_text(event: Any) -> Any:
+    """What an AG2 event says: its text parts, its content, or its type."""
+    parts = getattr(event, "parts", None)
+    if isinstance(parts, list):
+        texts = [p.content for p in parts if isinstance(getattr(p, "content", None), str)]
+        return "\n".join(texts) if texts else [type(p).__name__ for p in parts]
+    if isinstance(event, ModelResponse):
+        return event.content
+    content = getattr(event, "content", None)
+    return content if isinstance(content, str) else type(event).__name__
+
+
+def tool_inputs(call: Any) -> dict[str, Any]:
+    return {"name": getattr(call, "name", None), "call_id": getattr(call, "id", None),
+            "arguments": getattr(call, "arguments", None)}
+
+
+def tool_result(result: Any) -> Any:
+    """A tool's result: its text or data parts (one part unwrapped)."""
+    parts = getattr(getattr(result, "result", None), "parts", None) or []
+    values = [p.content if hasattr(p, "content") else getattr(p, "data", type(p).__name__)
+              for p in parts]
+    return values[0] if len(values) == 1 else values
+
+
+def _reset(var: ContextVar[Any], token: Token[Any] | None) -> None:
+    if token is not None:
+        try:
+            var.reset(token)
+        except (ValueError, RuntimeError):  # closed in another context: nothing to undo
+            pass

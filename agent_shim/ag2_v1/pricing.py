@@ -1,0 +1,193 @@
+"""Pricing AG2 1.x LLM calls with a maintained price table: ``genai-prices`` (optional).
+
+AG2 1.x reports tokens only. Each call is priced from its provider, model and token breakdown
+with the table bundled in the installed ``genai-prices`` (never a remote update: pricing does no
+I/O), and records which table and version priced it. When the table is missing, or it does not
+know the model, the call keeps its tokens with cost ``None``; the warning is logged once per
+model and counted (:meth:`PriceTable.unpriced`), and no price is ever guessed.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TABLE = "genai-prices"
+
+_HINTS = {"table not installed": " (pip install 'cmbagent-tracking[pricing]')",
+          "unknown model": f" in {TABLE} (a newer {TABLE} may know it)"}
+
+#: AG2's provider names where the price table spells them differently.
+_PROVIDER_IDS = {"gemini": "google", "vertexai": "google-vertex", "bedrock": "aws"}
+
+#: Providers whose reported prompt tokens leave out cache reads and writes (billed on top).
+_CACHE_OUTSIDE_PROMPT = frozenset({"anthropic", "bedrock"})
+#: Providers whose reported completion tokens leave out reasoning tokens (billed as output).
+_REASONING_OUTSIDE_COMPLETION = frozenset({"google", "gemini", "vertexai"})
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    """One call's token counts as AG2 reports them (``None``: not reported)."""
+
+    prompt: int | None = None
+    completion: int | None = None
+    total: int | None = None
+    cached: int | None = None
+    cache_write: int | None = None
+    reasoning: int | None = None
+
+    @classmethod
+    def of(cls, usage: Any) -> Tokens:
+        """From an ``ag2.events.Usage`` (token counts are floats there)."""
+        prompt, completion = _count(usage, "prompt_tokens"), _count(usage, "completion_tokens")
+        total = _count(usage, "total_tokens")
+        if total is None and prompt is not None:
+            total = prompt + (completion or 0)
+        return cls(prompt, completion, total, _count(usage, "cache_read_input_tokens"),
+                   _count(usage, "cache_creation_input_tokens"), _count(usage, "thinking_tokens"))
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """What one call cost, and the provenance recorded beside it."""
+
+    cost_usd: float | None
+    record: dict[str, Any]
+
+
+class PriceTable:
+    """Prices calls with ``genai-prices`` if it is installed; counts the calls it cannot price."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._unpriced: Counter[tuple[str, str | None]] = Counter()
+        self._loaded_table: _Table | None = None
+        self._loaded = False
+
+    def price(self, provider: str | None, model: str | None, tokens: Tokens) -> Price:
+        """The cost of one call; never raises, never guesses."""
+        table = self._table()
+        record: dict[str, Any] = {"table": TABLE, "version": table.version if table else None}
+        if table is None:
+            return self._unknown(record, "table not installed", model)
+        if not model or tokens.prompt is None and tokens.completion is None:
+            return self._unknown(record, "no model or no tokens", model)
+        found = table.lookup(_PROVIDER_IDS.get(provider or "", provider) or None, model,
+                             datetime.now(timezone.utc).date())
+        if found is None:
+            return self._unknown(record, "unknown model", model)
+        record.update(status="priced", provider=found.provider.id, model=found.model.id)
+        return Price(found.cost(provider, tokens), record)
+
+    def unpriced(self) -> dict[str, int]:
+        """How many calls went unpriced, by ``"<reason>: <model>"``."""
+        with self._lock:
+            return {f"{reason}: {model}": n for (reason, model), n in self._unpriced.items()}
+
+    def _unknown(self, record: dict[str, Any], reason: str, model: str | None) -> Price:
+        with self._lock:
+            first = (reason, model) not in self._unpriced
+            self._unpriced[(reason, model)] += 1
+        if first:
+            log.warning("cmbagent-tracking: LLM calls of model %r recorded without a cost: %s%s",
+                        model, reason, _HINTS.get(reason, ""))
+        record["status"] = reason
+        return Price(None, record)
+
+    def _table(self) -> _Table | None:
+        # Imported on the first priced call, not at install: it pulls in pydantic and httpx.
+        if not self._loaded:
+            try:
+                import genai_prices
+
+                self._loaded_table = _Table(genai_prices)
+            except Exception:
+                self._loaded_table = None
+            self._loaded = True
+        return self._loaded_table
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """A model's entry in the table, with its prices on one day."""
+
+    provider: Any
+    model: Any
+    prices: Any
+
+    def cost(self, provider: str | None, tokens: Tokens) -> float:
+        counts = _counts(provider, tokens)
+        flat = self._flat(counts)
+        if flat is not None:
+            return flat
+        # Tiered or unusual prices: the table's own calculation (about a millisecond a call).
+        from genai_prices import Usage
+
+        usage = Usage(input_tokens=counts.input, output_tokens=counts.output,
+                      cache_read_tokens=counts.cached, cache_write_tokens=counts.written)
+        return float(self.model.calc_price(usage, self.provider).total_price)
+
+    def _flat(self, counts: _Counts) -> float | None:
+        """The table's flat per-million rates applied as the table applies them: input tokens
+        less the cached ones at the input rate, cache reads and writes at their own rates;
+        ``None`` when a token class this call used has no flat rate of its own."""
+        prices = self.prices
+        billed: tuple[tuple[Any, int], ...] = ((getattr(prices, "input_mtok", None), counts.input - counts.cached - counts.written),
+                  (getattr(prices, "output_mtok", None), counts.output),
+                  (getattr(prices, "cache_read_mtok", None), counts.cached),
+                  (getattr(prices, "cache_write_mtok", None), counts.written))
+        if any(n and not isinstance(rate, Decimal) for rate, n in billed):
+            return None
+        return float(sum((rate * n for rate, n in billed if n), Decimal(0)) / 1_000_000)
+
+
+class _Table:
+    """The installed ``genai-prices`` table; lookups are cached per model and day."""
+
+    def __init__(self, genai_prices: Any) -> None:
+        self.version: str = genai_prices.__version__
+        self._snapshot = genai_prices.data_snapshot.get_snapshot()
+        self.lookup = functools.lru_cache(maxsize=256)(self._lookup)
+
+    def _lookup(self, provider_id: str | None, model: str, day: date) -> _Found | None:
+        try:
+            provider, info = self._snapshot.find_provider_model(model, None, provider_id, None)
+        except LookupError:
+            return None
+        moment = datetime(day.year, day.month, day.day, 12, tzinfo=timezone.utc)
+        return _Found(provider, info, info.get_prices(moment))
+
+
+@dataclass(frozen=True, slots=True)
+class _Counts:
+    """Token counts as the table counts them."""
+
+    input: int
+    output: int
+    cached: int
+    written: int
+
+
+def _counts(provider: str | None, tokens: Tokens) -> _Counts:
+    """The table's input tokens include cache reads and writes, its output tokens include
+    reasoning, whatever the provider's own report leaves out."""
+    cached, written = tokens.cached or 0, tokens.cache_write or 0
+    input_tokens = (tokens.prompt or 0) + (
+        cached + written if provider in _CACHE_OUTSIDE_PROMPT else 0)
+    output_tokens = (tokens.completion or 0) + (
+        tokens.reasoning or 0 if provider in _REASONING_OUTSIDE_COMPLETION else 0)
+    return _Counts(input_tokens, output_tokens, cached, written)
+
+
+def _count(usage: Any, field: str) -> int | None:
+    value = getattr(usage, field, None)
+    return int(value) if isinstance(value, (int, float)) else None

@@ -1,0 +1,135 @@
+"""``python -m benchmarks.ag2_v1 [--rounds N] [--turns N]``: AG2 1.x capture overhead.
+
+Needs a venv with ``ag2`` 1.x, ``genai-prices`` and ``opentelemetry-sdk`` (not the bench
+extra, which holds the classic AG2). One turn is what AG2 does with an agent's middleware: make
+an instance for the turn, then run its ``on_turn`` around two ``on_llm_call``\\ s and one
+``on_tool_execution``, on a real ``MemoryStream`` context, with a model and a tool that answer
+at once. Three middlewares are timed side by side in each round, in rotated order: AG2's no-op
+``BaseMiddleware`` (the baseline), AG2's own ``TelemetryMiddleware`` with an exporter that
+discards, and our capture middleware with a tracker whose sink discards (records are built,
+frozen and priced on the caller's thread, as in production; the sender thread is left out, as
+the exporter is). Figures: the time each adds to a turn over the baseline, medians over rounds
+with the interquartile range in brackets, and the ratio of ours to AG2's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ag2 import MemoryStream
+from ag2.context import ConversationContext
+from ag2.events import (ModelMessage, ModelRequest, ModelResponse, TextInput, ToolCallEvent,
+                        ToolCallsEvent, ToolResultEvent, Usage)
+from ag2.middleware import BaseMiddleware
+from ag2.middleware.builtin.telemetry import TelemetryMiddleware
+from ag2.tools import ToolResult
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+from agent_shim.ag2_v1.capture import CaptureFactory, Runtime
+from agent_shim.config import ShimSettings
+from agent_shim.tracker import Tracker
+
+from .stats import Summary, ratios
+
+Factory = Callable[[Any, Any], BaseMiddleware]
+
+USAGE = Usage(prompt_tokens=100, completion_tokens=20, total_tokens=120)
+CALL = ToolCallEvent("add", arguments='{"a": 1, "b": 2}')
+TOOL_TURN = ModelResponse(tool_calls=ToolCallsEvent([CALL]), usage=USAGE, model="gpt-4o-mini",
+                          provider="openai", finish_reason="tool_calls")
+FINAL = ModelResponse(ModelMessage("3"), usage=USAGE, model="gpt-4o-mini", provider="openai",
+                      finish_reason="stop")
+RESULT = ToolResultEvent(parent_id=CALL.id, name="add", result=ToolResult("3"))
+REQUEST = ModelRequest([TextInput("Add 1 and 2.")])
+
+
+class Discard(SpanExporter):  # type: ignore[misc]
+    def export(self, spans: Any) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+class DiscardSink:
+    def submit(self, record: dict[str, Any]) -> None:
+        pass
+
+    def flush(self, timeout: float) -> bool:
+        return True
+
+    def shutdown(self, timeout: float) -> bool:
+        return True
+
+    def forked(self) -> DiscardSink:
+        return self
+
+
+def factories() -> dict[str, Factory]:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(Discard()))
+    tracker = Tracker(ShimSettings(collector_urls=("inproc://discard",)), DiscardSink())
+    return {"baseline": BaseMiddleware,
+            "otel": TelemetryMiddleware(tracer_provider=provider, agent_name="assistant"),
+            "ours": CaptureFactory("assistant", Runtime(tracker))}
+
+
+async def _model_tool_turn(events: Any, context: Any) -> ModelResponse:
+    return TOOL_TURN
+
+
+async def _model_final(events: Any, context: Any) -> ModelResponse:
+    return FINAL
+
+
+async def _tool(event: Any, context: Any) -> ToolResultEvent:
+    return RESULT
+
+
+async def time_turns(factory: Factory, turns: int) -> float:
+    """Seconds per turn through ``factory``'s middleware."""
+    context = ConversationContext(stream=MemoryStream())
+    history = [REQUEST]
+
+    started = time.perf_counter()
+    for _ in range(turns):
+        middleware = factory(REQUEST, context)
+
+        async def turn(event: Any, context: Any, middleware: BaseMiddleware = middleware) -> Any:
+            await middleware.on_llm_call(_model_tool_turn, history, context)
+            await middleware.on_tool_execution(_tool, CALL, context)
+            return await middleware.on_llm_call(_model_final, history, context)
+
+        await middleware.on_turn(turn, REQUEST, context)
+    return (time.perf_counter() - started) / turns
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ag2_v1", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--turns", type=int, default=2000)
+    args = parser.parse_args()
+    middlewares = factories()
+    names = list(middlewares)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for name in names:  # warm-up: imports (the price table) and first-use caches
+        asyncio.run(time_turns(middlewares[name], 10))
+    for round_number in range(args.rounds):
+        shift = round_number % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(asyncio.run(time_turns(middlewares[name], args.turns)))
+    base = times["baseline"]
+    added = {name: [t - b for t, b in zip(times[name], base)] for name in ("otel", "ours")}
+    print(f"AG2 1.x middleware per turn (2 LLM calls, 1 tool call), {args.rounds} rounds x "
+          f"{args.turns} turns")
+    print(f"  baseline (BaseMiddleware)    {Summary.of(base).scaled(1e6).format(' us')}")
+    print(f"  + TelemetryMiddleware (OTel) {Summary.of(added['otel']).scaled(1e6).format(' us')}")
+    print(f"  + cmbagent capture           {Summary.of(added['ours']).scaled(1e6).format(' us')}")
+    print(f"  ours / OTel (added time)     {ratios(added['ours'], added['otel']).format()}")
+
+
+if __name__ == "__main__":
+    main()

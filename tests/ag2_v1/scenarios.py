@@ -1,0 +1,297 @@
+"""Real AG2 1.x programs, offline on AG2's own scripted model (``ag2.testing.TestConfig``).
+
+Each scenario builds agents, runs them through AG2's own code paths and returns an
+:class:`Expected`: the event counts its script implies, the failures, and the ledger of the
+usage it scripted with the cost at the provider's list price (computed here, not by the shim).
+Nothing here imports ``agent_shim``: run as a script (``python tests/ag2_v1/scenarios.py
+<name>``) it is an unmodified AG2 1.x program, captured only if the package is installed and
+CMBAGENT_COLLECTOR_URL is set; it prints the expectation as JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any, Awaitable, Callable
+
+from ag2 import Agent, Context, TaskConfig
+from ag2.events import ModelMessage, ModelResponse, ToolCallEvent, ToolCallsEvent, Usage
+from ag2.knowledge import MemoryKnowledgeStore
+from ag2.network import (EV_CHANNEL_CLOSED, WORKFLOW_TYPE, AgentTarget, Finish, FromSpeaker,
+                         Handoff, Hub, TerminateTarget, Transition, TransitionGraph)
+from ag2.testing import TestClient, TestConfig
+
+#: Planted in prompts and tool arguments; must never be recorded.
+SECRET = "sk-test-PLANTED-SECRET-0123456789"
+
+#: OpenAI's list prices, USD per million tokens: input, cached input, output.
+LIST_PRICES = {"gpt-4o-mini": (0.15, 0.075, 0.60)}
+#: A model no price table knows: its calls keep their tokens and get no cost.
+UNKNOWN_MODEL = "house-model-7"
+
+
+@dataclass
+class Ledger:
+    """What the script's model reported, summed, and what it costs at list price."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cost: float = 0.0
+    unpriced: int = 0
+
+    def response(self, content: str | None = None, *calls: ToolCallEvent,
+                 model: str = "gpt-4o-mini", prompt: int = 100, completion: int = 20,
+                 cached: int = 0, reasoning: int = 0) -> ModelResponse:
+        """One scripted model reply, entered in the ledger."""
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+        self.total_tokens += prompt + completion
+        if model in LIST_PRICES:
+            per_input, per_cached, per_output = LIST_PRICES[model]
+            self.cost += ((prompt - cached) * per_input + cached * per_cached
+                          + completion * per_output) / 1e6
+        else:
+            self.unpriced += 1
+        usage = Usage(prompt_tokens=prompt, completion_tokens=completion,
+                      total_tokens=prompt + completion, cache_read_input_tokens=cached or None,
+                      thinking_tokens=reasoning or None)
+        return ModelResponse(ModelMessage(content) if content is not None else None,
+                             tool_calls=ToolCallsEvent(list(calls)), usage=usage, model=model,
+                             provider="openai", finish_reason="tool_calls" if calls else "stop")
+
+
+@dataclass
+class Expected:
+    counts: dict[str, int]
+    usage: Ledger
+    failed: dict[str, int] = field(default_factory=dict)
+    #: ``(child agent pattern, child type, parent type)``: where nested events must hang.
+    nesting: list[tuple[str, str, str]] = field(default_factory=list)
+    #: ``(from, subtype, to)`` of each handoff, in order.
+    handoffs: list[tuple[str, str, str | None]] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "usage": asdict(self.usage)})
+
+
+def call(name: str, **arguments: Any) -> ToolCallEvent:
+    return ToolCallEvent(name, arguments=json.dumps(arguments))
+
+
+def config(*turns: Any) -> TestConfig:
+    # A failed tool goes back to the model as a result, as with a real provider.
+    return TestConfig(*turns, raise_tool_errors=False)
+
+
+class AcrossTurns(TestConfig):
+    """AG2's scripted model, read on from turn to turn (``TestConfig`` restarts its script at
+    each turn; a network agent answers one envelope per turn)."""
+
+    def create(self) -> TestClient:
+        client = super().create()
+        self._script = getattr(self, "_script", None) or client.events
+        client.events = self._script
+        return client
+
+
+# --- tools ---------------------------------------------------------------------------------
+
+
+def add(a: int, b: int) -> int:
+    """Add two numbers (a sync tool: AG2 runs it on a worker thread)."""
+    return a + b
+
+
+async def lookup(key: str) -> str:
+    """Look a key up (an async tool)."""
+    await asyncio.sleep(0)
+    return f"value of {key}"
+
+
+def broken(reason: str) -> str:
+    """Always fails."""
+    raise ValueError(reason)
+
+
+def route(topic: str) -> Handoff:
+    """Picks the specialist at run time (a dynamic handoff)."""
+    return Handoff(target="reviewer", reason=f"{topic} needs review")
+
+
+def wrap_up(summary: str) -> Finish:
+    """Ends the workflow channel."""
+    return Finish(summary=summary, reason="answered")
+
+
+async def deploy(target: str, ctx: Context) -> str:
+    """Asks a human for approval first."""
+    answer = await ctx.input(f"Deploy to {target}?")
+    return f"deployed to {target} ({answer})"
+
+
+# --- scenarios -----------------------------------------------------------------------------
+
+
+async def parallel_tools() -> Expected:
+    """One turn: a sync, an async, a failing and an unknown tool called in parallel."""
+    ledger = Ledger()
+    agent = Agent("assistant", config=config(
+        ledger.response(None, call("add", a=2, b=3), call("lookup", key=SECRET),
+                        call("broken", reason="out of order"), call("no_such_tool"),
+                        cached=40, reasoning=5),
+        ledger.response("2 + 3 = 5", prompt=300, completion=30)),
+        tools=[add, lookup, broken])
+    await agent.ask(f"Add 2 and 3, look up {SECRET}.")
+    return Expected({"conversation": 1, "agent_call": 1, "llm_call": 2, "tool_call": 4}, ledger,
+                    failed={"tool_call": 2},
+                    nesting=[("assistant", "tool_call", "agent_call"),
+                             ("assistant", "llm_call", "agent_call"),
+                             ("assistant", "agent_call", "conversation")])
+
+
+async def delegation() -> Expected:
+    """A coordinator delegates to a researcher agent exposed as a tool (``as_tool``)."""
+    ledger = Ledger()
+    researcher = Agent("researcher", config=config(ledger.response("Three sources agree.")))
+    coordinator = Agent("coordinator", config=config(
+        ledger.response(None, call("task_researcher", objective=f"Check {SECRET}")),
+        ledger.response("Summary: the sources agree.")),
+        tools=[researcher.as_tool(description="Researches a question.")])
+    await coordinator.ask("Is the claim right?")
+    # The delegation is a sub-task: its objective and its result are messages.
+    return Expected({"conversation": 1, "agent_call": 2, "llm_call": 3, "tool_call": 1,
+                     "message": 2}, ledger,
+                    nesting=[("researcher", "agent_call", "tool_call"),
+                             ("coordinator", "tool_call", "agent_call"),
+                             ("*", "message", "agent_call")])
+
+
+async def parallel_subtasks() -> Expected:
+    """``run_subtasks`` fans two sub-task agents out in parallel (``TaskConfig``)."""
+    ledger = Ledger()
+    subtask_reply = ledger.response("Part done.", prompt=50)
+    ledger.response("Part done.", prompt=50)  # the second sub-task replays the same script
+    planner = Agent("planner", tasks=TaskConfig(config=config(subtask_reply)), config=config(
+        ledger.response(None, call("run_subtasks", tasks=["part one", "part two"])),
+        ledger.response("Both parts done.")))
+    await planner.ask("Do both parts.")
+    return Expected({"conversation": 1, "agent_call": 3, "llm_call": 4, "tool_call": 1,
+                     "message": 4}, ledger,
+                    nesting=[("subtask-*", "agent_call", "tool_call"),
+                             ("subtask-*", "llm_call", "agent_call"),
+                             ("planner", "message", "agent_call")])
+
+
+async def human_approval() -> Expected:
+    """A tool asks the human (``ctx.input``) through the agent's HITL hook."""
+    ledger = Ledger()
+    agent = Agent("operator", config=config(
+        ledger.response(None, call("deploy", target="staging")),
+        ledger.response("Deployed.")),
+        tools=[deploy], hitl_hook=lambda request: "approved")
+    await agent.ask("Deploy the service.")
+    return Expected({"conversation": 1, "agent_call": 1, "llm_call": 2, "tool_call": 1,
+                     "human_input": 1}, ledger,
+                    nesting=[("operator", "human_input", "tool_call")])
+
+
+async def follow_up_unknown_model() -> Expected:
+    """``reply.ask`` continues a conversation; the second model is unknown to the price table."""
+    ledger = Ledger()
+    agent = Agent("writer", config=config(
+        ledger.response("First draft."),
+        ledger.response("Second draft.", model=UNKNOWN_MODEL)))
+    reply = await agent.ask("Write a draft.")
+    await reply.ask("Improve it.")
+    return Expected({"conversation": 2, "agent_call": 2, "llm_call": 2}, ledger)
+
+
+async def concurrent_agents() -> Expected:
+    """Two agents asked at once under ``asyncio.gather``; each keeps its own parents."""
+    ledger = Ledger()
+    agents = [Agent(name, config=config(ledger.response(None, call("add", a=1, b=i)),
+                                        ledger.response(f"{name} done")), tools=[add])
+              for i, name in enumerate(("left", "right"))]
+    await asyncio.gather(*(agent.ask("Add.") for agent in agents))
+    return Expected({"conversation": 2, "agent_call": 2, "llm_call": 4, "tool_call": 2}, ledger,
+                    nesting=[(name, kind, "agent_call") for name in ("left", "right")
+                             for kind in ("tool_call", "llm_call")])
+
+
+async def model_failure() -> Expected:
+    """The provider fails mid-turn: the program sees AG2's exception unchanged, the spans fail."""
+    ledger = Ledger()
+    agent = Agent("fragile", config=config(ledger.response(None, call("add", a=1, b=1)),
+                                           ConnectionError("provider unreachable")), tools=[add])
+    try:
+        await agent.ask("Add.")
+    except ConnectionError as exc:
+        assert str(exc) == "provider unreachable", exc
+    else:
+        raise AssertionError("the provider's failure did not reach the program")
+    return Expected({"conversation": 1, "agent_call": 1, "llm_call": 2, "tool_call": 1}, ledger,
+                    failed={"conversation": 1, "agent_call": 1, "llm_call": 1})
+
+
+async def network_workflow() -> Expected:
+    """An ``ag2.network`` workflow channel: a graph hands the kickoff to the triager, whose
+    tool hands off to the reviewer (``Handoff``), whose tool ends the channel (``Finish``)."""
+    ledger = Ledger()
+    hub = await Hub.open(MemoryKnowledgeStore(), ttl_sweep_interval=0)
+    try:
+        lead = await hub.register(Agent("lead", config=AcrossTurns()))
+        triager = await hub.register(Agent("triager", tools=[route], config=AcrossTurns(
+            ledger.response(None, call("route", topic=f"key {SECRET}")),
+            ledger.response("Routed to review.", prompt=150), raise_tool_errors=False)))
+        reviewer = await hub.register(Agent("reviewer", tools=[wrap_up], config=AcrossTurns(
+            ledger.response(None, call("wrap_up", summary="Looks right.")),
+            ledger.response("Reviewed.", prompt=180), raise_tool_errors=False)))
+        graph = TransitionGraph(
+            initial_speaker=lead.agent_id,
+            transitions=[Transition(when=FromSpeaker(lead.agent_id),
+                                    then=AgentTarget(triager.agent_id))],
+            default_target=TerminateTarget(reason="fall_through"), max_turns=10)
+        channel = await lead.open(type=WORKFLOW_TYPE,
+                                  target=[triager.agent_id, reviewer.agent_id],
+                                  knobs={"graph": graph.to_dict()})
+        await channel.send("Triage the incident report.")
+        await lead.wait_for_channel_event(
+            channel_id=channel.channel_id, timeout=60.0,
+            predicate=lambda envelope: envelope.event_type == EV_CHANNEL_CLOSED)
+    finally:
+        await hub.close()
+    return Expected({"conversation": 1, "message": 3, "handoff": 2, "agent_call": 2,
+                     "llm_call": 4, "tool_call": 2}, ledger,
+                    nesting=[(name, "agent_call", "conversation")
+                             for name in ("triager", "reviewer")]
+                    + [("lead", "message", "conversation"), ("triager", "handoff", "conversation"),
+                       ("reviewer", "tool_call", "agent_call")],
+                    handoffs=[("triager", "handoff", "reviewer"), ("reviewer", "termination", None)])
+
+
+SCENARIOS: dict[str, Callable[[], Awaitable[Expected]]] = {
+    "parallel_tools": parallel_tools,
+    "delegation": delegation,
+    "parallel_subtasks": parallel_subtasks,
+    "human_approval": human_approval,
+    "follow_up_unknown_model": follow_up_unknown_model,
+    "concurrent_agents": concurrent_agents,
+    "model_failure": model_failure,
+    "network_workflow": network_workflow,
+}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[1] not in SCENARIOS:
+        print(f"usage: {argv[0]} {{{','.join(SCENARIOS)}}}", file=sys.stderr)
+        return 2
+    expected = asyncio.run(SCENARIOS[argv[1]]())
+    print(expected.to_json())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

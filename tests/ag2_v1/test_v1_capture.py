@@ -1,0 +1,122 @@
+"""Real AG2 1.x conversations (AG2's scripted model, no network) captured exactly once each."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import genai_prices
+import pytest
+import scenarios
+from ag2_checks import rows_from_records
+from checks import check_v1_capture
+
+from agent_shim import ag2_v1
+from agent_shim.ag2_v1.pricing import PriceTable, Tokens
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", list(scenarios.SCENARIOS))
+def test_scenario_is_captured_exactly_once(name, capture):
+    tracker, sink = capture
+    with tracker.run(name) as run:
+        expected = asyncio.run(scenarios.SCENARIOS[name]())
+
+    events, costs, problems = rows_from_records(sink.records)
+    problems += check_v1_capture(events, costs, json.loads(expected.to_json()), scenarios.SECRET,
+                                 run=run.id)
+    if scenarios.SECRET in json.dumps(sink.records, default=repr):
+        problems.append("the planted secret is in a serialised record")
+    assert ag2_v1.disabled_hooks() == []
+    assert problems == []
+    assert sum(ag2_v1.unpriced().values()) == expected.usage.unpriced
+
+
+class TestPricing:
+    def test_anthropic_cache_tokens_are_billed_beside_the_prompt(self):
+        # Anthropic reports input tokens without cache reads and writes; each is billed at its
+        # own list price: $3 input, $0.30 cache read, $3.75 cache write, $15 output per MTok.
+        tokens = Tokens(prompt=1000, completion=100, cached=2000, cache_write=500)
+        price = PriceTable().price("anthropic", "claude-sonnet-4-5", tokens)
+        assert price.cost_usd == pytest.approx((1000 * 3 + 2000 * 0.3 + 500 * 3.75 + 100 * 15) / 1e6)
+        assert price.record["status"] == "priced"
+        assert price.record["version"] == genai_prices.__version__
+
+    def test_an_unknown_model_gets_no_cost_and_one_counted_warning(self, caplog):
+        table = PriceTable()
+        for _ in range(3):
+            price = table.price("openai", "house-model-7", Tokens(prompt=10, completion=1))
+            assert price.cost_usd is None
+            assert price.record == {"table": "genai-prices", "version": genai_prices.__version__,
+                                    "status": "unknown model"}
+        assert table.unpriced() == {"unknown model: house-model-7": 3}
+        assert len([r for r in caplog.records if "house-model-7" in r.getMessage()]) == 1
+
+    def test_a_call_without_tokens_is_not_priced(self):
+        price = PriceTable().price("openai", "gpt-4o-mini", Tokens())
+        assert price.cost_usd is None and price.record["status"] == "no model or no tokens"
+
+
+class TestSafety:
+    def test_a_failure_of_ours_disables_capture_and_the_program_goes_on(self, capture):
+        tracker, sink = capture
+
+        def broken_start_span(*args, **kwargs):
+            raise RuntimeError("our bug")
+
+        tracker.start_span = broken_start_span  # type: ignore[method-assign]
+        expected = asyncio.run(scenarios.parallel_tools())
+        assert expected.counts["tool_call"] == 4  # the program ran as scripted
+        assert ag2_v1.disabled_hooks() == ["agent_call"]
+        assert [r for r in sink.records if r["k"] == "event"] == []
+
+    def test_agents_built_after_uninstall_are_not_captured(self, capture):
+        tracker, sink = capture
+        ag2_v1.uninstall()
+        asyncio.run(scenarios.parallel_tools())
+        assert [r for r in sink.records if r["k"] == "event"] == []
+        assert ag2_v1.install(tracker)  # for the fixture's uninstall
+
+
+class TestAutoload:
+    def _python(self, code: str, **env: str) -> list[str]:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("CMBAGENT_")}
+        environ.update(PYTHONPATH=str(REPO), **env)
+        result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=environ,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()
+
+    def test_importing_ag2_installs_capture(self, tmp_path):
+        assert self._python("""
+            import sys
+            import agent_shim._autoload
+            assert "ag2" not in sys.modules, "autoload must not import AG2"
+            import ag2
+            from agent_shim import ag2_v1
+            agent = ag2.Agent("a")
+            print(ag2_v1.installed(), type(agent.middleware[0].middleware).__name__)
+            """, CMBAGENT_COLLECTOR_URL="tcp://127.0.0.1:9", CMBAGENT_SPOOL_DIR=str(tmp_path),
+            CMBAGENT_EXIT_TIMEOUT="0.1") == ["True", "CaptureFactory"]
+
+    def test_nothing_is_patched_without_the_variable(self):
+        assert self._python("""
+            import ag2
+            from agent_shim import ag2_v1
+            print(ag2_v1.install(), ag2_v1.installed(), len(ag2.Agent("a").middleware))
+            """) == ["False", "False", "0"]
+
+
+def test_flat_rates_price_a_call_as_the_table_itself_does():
+    tokens = Tokens(prompt=12_000, completion=900, cached=4_000)
+    ours = PriceTable().price("openai", "gpt-4o-mini", tokens).cost_usd
+    theirs = genai_prices.calc_price(
+        genai_prices.Usage(input_tokens=12_000, output_tokens=900, cache_read_tokens=4_000),
+        "gpt-4o-mini", provider_id="openai").total_price
+    assert ours == pytest.approx(float(theirs), rel=1e-12)
