@@ -72,6 +72,7 @@ class CollectorProcess:
     dsn: str | None
     data_dir: Path
     port: int = field(default_factory=free_port)
+    http: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")  # web view and probes
     process: subprocess.Popen[bytes] | None = None
     extra: tuple[str, ...] = ()
 
@@ -85,7 +86,7 @@ class CollectorProcess:
         self.log = (self.data_dir / f"collector-{self.port}.log").open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "collector", *dsn, "--data-dir", str(self.data_dir), "serve",
-             "--bind", self.url, *self.extra], stdout=self.log, stderr=subprocess.STDOUT)
+             "--bind", self.url, "--http", self.http, *self.extra], stdout=self.log, stderr=subprocess.STDOUT)
         wait_for(self._listening, timeout=60)
         return self
 
