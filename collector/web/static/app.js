@@ -27,7 +27,7 @@ const s = (tag, attrs, ...children) =>
   build((t) => document.createElementNS(SVG_NS, t), tag, attrs, children);
 
 function show(...children) {
-  main().replaceChildren(...children.flat());
+  main().replaceChildren(...children.flat(Infinity).filter((c) => c !== "" && c != null));
 }
 
 function link(path, text, query) {
@@ -109,7 +109,7 @@ async function runsPage() {
 
 // --- run: the DAG ---------------------------------------------------------------------------
 
-const BOX_W = 240, LANE_GAP = 70, ROW_GAP = 46, CHIP_W = 108, CHIP_H = 22;
+const BOX_W = 210, LANE_GAP = 56, ROW_GAP = 42, CHIP_W = 93, CHIP_H = 22;
 
 function boxHeight(node) {
   const chips = node.children.length;
@@ -175,7 +175,7 @@ function layout(tree) {
 function edgePath(a, b) {
   if (a.row === b.row) {
     const y = a.y + 22;
-    return [`M${a.x + a.w},${y} L${b.x - 4},${y}`, (a.x + a.w + b.x) / 2, y - 6];
+    return [`M${a.x + a.w},${y} L${b.x - 4},${y}`, (a.x + a.w + b.x) / 2, y - 7];
   }
   const x1 = a.x + a.w / 2, y1 = a.y + a.h, x2 = b.x + b.w / 2, y2 = b.y - 4;
   return [`M${x1},${y1} C${x1},${y1 + 24} ${x2},${y2 - 24} ${x2},${y2}`, (x1 + x2) / 2 + 6, (y1 + y2) / 2];
@@ -200,7 +200,8 @@ function drawDag(tree, selected, onSelect) {
     svg.append(s("path", { class: `edge ${e.dependency_type}`, d, "marker-end": "url(#arrow)",
       "data-from": e.from, "data-to": e.to }));
     if (e.dependency_type !== "sequential") {
-      svg.append(s("text", { class: "condition", x: lx, y: ly }, `${e.dependency_type}: ${e.condition || ""}`));
+      svg.append(s("text", { class: "condition", x: lx, y: ly, "text-anchor": "middle" },
+        s("title", {}, `${e.dependency_type} edge: ${e.condition || ""}`), clip(e.condition || e.dependency_type, 12)));
     }
   }
   for (const node of tree.nodes) {
@@ -212,10 +213,10 @@ function drawDag(tree, selected, onSelect) {
       onclick: (ev) => { ev.stopPropagation(); onSelect(node.id); } },
       s("title", {}, `${node.name || node.id} (${node.node_type}, ${node.status})`),
       s("rect", { class: "box", width: b.w, height: b.h }),
-      s("text", { class: "title", x: 10, y: 18 }, clip(node.name || node.node_type, 30)),
+      s("text", { class: "title", x: 10, y: 18 }, clip(node.name || node.node_type, 26)),
       s("text", { class: "small", x: 10, y: 35 }, `${node.node_type} · ${node.status}`),
       s("text", { class: "small", x: 10, y: 52 },
-        node.node_type === "branch_point" && hypothesis ? clip(hypothesis, 38) : nodeFigures(node)));
+        node.node_type === "branch_point" && hypothesis ? clip(hypothesis, 32) : nodeFigures(node)));
     node.children.forEach((child, i) => {
       const x = 8 + (i % 2) * (CHIP_W + 8), y = 66 + Math.floor(i / 2) * (CHIP_H + 4);
       group.append(s("g", { class: `agent ${child.status}`, transform: `translate(${x},${y})`,
@@ -223,7 +224,7 @@ function drawDag(tree, selected, onSelect) {
         onclick: (ev) => { ev.stopPropagation(); onSelect(child.id); } },
         s("title", {}, `${child.name} (${child.status}): ${nodeFigures(child)}`),
         s("rect", { width: CHIP_W, height: CHIP_H }),
-        s("text", { x: 6, y: 15 }, clip(child.name || child.agent || "agent", 15))));
+        s("text", { x: 6, y: 15 }, clip(child.name || child.agent || "agent", 13))));
     });
     svg.append(group);
   }
@@ -392,7 +393,7 @@ async function compareSide(ref) {
     h("ul", { class: "events-list" }, shown.map((e) => h("li", { class: e.error ? "failed" : null },
       link(eventPath(run, e.id), `#${e.execution_order} ${kind(e)}`), " ", h("b", {}, e.agent_name || ""),
       e.inputs && typeof e.inputs.code === "string" ? h("pre", { class: "code" }, e.inputs.code)
-        : h("pre", {}, clip(preview(e), 600)),
+        : preview(e) ? h("pre", {}, String(preview(e)).slice(0, 2000)) : "",
       e.error ? h("div", { class: "errorbox" }, e.error) : ""))),
     page.next_after !== null ? h("p", { class: "muted" }, "First 300 events shown.") : "");
 }
