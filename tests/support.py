@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def run_async(coroutine: Any) -> Any:
+    """``asyncio.run``, also where this thread already runs a loop (Playwright's sync API
+    keeps one running in the browser tests): then in a thread of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
     async def run() -> list[asyncpg.Record]:
         connection = await asyncpg.connect(dsn)
@@ -34,7 +46,7 @@ def fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
         finally:
             await connection.close()
 
-    return asyncio.run(run())
+    return run_async(run())
 
 
 def fetchval(dsn: str, sql: str, *args: Any) -> Any:
@@ -51,7 +63,7 @@ def execute(dsn: str, *statements: str) -> None:
         finally:
             await connection.close()
 
-    asyncio.run(run())
+    run_async(run())
 
 
 def wait_for(condition: Any, timeout: float = 20.0, interval: float = 0.05) -> Any:
