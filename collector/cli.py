@@ -35,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from . import schema
     from .daemon import Collector
+    from .otlp.ingest import OtlpIngest
     from .store import Store
 
     _check_http_exposure(settings)
@@ -47,8 +48,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         await _open_with_retries(store, dsn)
         try:
             collector = Collector(settings, store)
+            ingest = OtlpIngest(store, collector.metrics)
             async with _http(settings, dsn, readiness=collector.readiness,
-                             metrics=collector.metrics):
+                             metrics=collector.metrics, routes=ingest.add_routes):
                 await collector.serve()
         finally:
             await store.close()
@@ -259,9 +261,11 @@ def _parser() -> argparse.ArgumentParser:
     downgrade.add_argument("revision", nargs="?", default="base")
     downgrade.set_defaults(command=_downgrade)
 
+    from .otlp.commands import add_commands as add_otlp_commands
     from .queries import add_commands
 
     add_commands(commands)
+    add_otlp_commands(commands)
     return parser
 
 

@@ -7,7 +7,8 @@ Security, because agent content is untrusted input:
 - The pages hold no data: one static shell and one script, which writes every value with
   ``textContent``. A strict Content-Security-Policy forbids inline script and every origin but
   this one; nothing is loaded from elsewhere.
-- Read-only: GET routes only, and the read pool's sessions are read-only transactions.
+- Read-only: GET routes only, and the read pool's sessions are read-only transactions (the
+  daemon adds one POST, OTLP ingest's ``/v1/traces``, which writes through its store).
 - A bind off loopback needs a token (``Settings`` refuses one without); the token comes as
   ``Authorization: Bearer``, or once as ``?token=`` which becomes an HttpOnly cookie.
   ``/livez``, ``/readyz`` and ``/metrics`` carry no agent content and stay open for probes.
@@ -33,6 +34,7 @@ from . import api
 log = logging.getLogger(__name__)
 
 Readiness = Callable[[], Awaitable[str | None]]  # None when ready, else why not
+Routes = Callable[[web.Application], None]  # adds more routes (the daemon's OTLP ingest)
 
 STATIC = Path(__file__).with_name("static")
 PAGES = ("/", "/runs/{run}", "/runs/{run}/timeline", "/runs/{run}/events/{event}", "/compare",
@@ -54,7 +56,8 @@ SECURITY_HEADERS = {
 @asynccontextmanager
 async def serving(bind: str, dsn: str, *, token: str | None = None,
                   readiness: Readiness | None = None,
-                  metrics: Metrics | None = None) -> AsyncIterator[None]:
+                  metrics: Metrics | None = None,
+                  routes: Routes | None = None) -> AsyncIterator[None]:
     """Serve the web view and the probes on ``bind`` (HOST:PORT) while the block runs.
 
     Without ``readiness`` (``cmbagent-collector ui``), ready means the database answers at the
@@ -63,7 +66,7 @@ async def serving(bind: str, dsn: str, *, token: str | None = None,
     pool = await asyncpg.create_pool(dsn, min_size=0, max_size=4,
                                       server_settings=reads.READ_ONLY)
     app = make_app(pool, token=token, readiness=readiness or _schema_readiness(pool),
-                   metrics=metrics)
+                   metrics=metrics, routes=routes)
     runner = web.AppRunner(app, access_log=None, max_line_size=MAX_HEADER_BYTES,
                            max_field_size=MAX_HEADER_BYTES)
     await runner.setup()
@@ -78,7 +81,7 @@ async def serving(bind: str, dsn: str, *, token: str | None = None,
 
 
 def make_app(pool: asyncpg.Pool, *, token: str | None, readiness: Readiness,
-             metrics: Metrics | None) -> web.Application:
+             metrics: Metrics | None, routes: Routes | None = None) -> web.Application:
     app = web.Application(middlewares=[_security_headers, _require_token(token), api.bad_parameters])
     app[api.POOL] = pool
 
@@ -103,6 +106,8 @@ def make_app(pool: asyncpg.Pool, *, token: str | None, readiness: Readiness,
         app.router.add_get(page, _shell)
     app.router.add_static("/static", STATIC)
     api.add_routes(app.router)
+    if routes is not None:
+        routes(app)
     return app
 
 
