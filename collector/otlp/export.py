@@ -82,7 +82,9 @@ async def load_run(connection: asyncpg.Connection, run: uuid.UUID) -> StoredRun:
 def requests(spans: list[Span], service_name: str,
              max_bytes: int = MAX_REQUEST_BYTES) -> Iterator[ExportTraceServiceRequest]:
     """The spans in export requests of at most ``max_bytes`` each (a bigger span goes alone)."""
-    resource = Resource(attributes=c.key_values({"service.name": service_name}))
+    # Phoenix files spans under the project the resource names; others read service.name.
+    resource = Resource(attributes=c.key_values({"service.name": service_name,
+                                                 "openinference.project.name": service_name}))
     envelope = ExportTraceServiceRequest()
     envelope.resource_spans.add(resource=resource).scope_spans.add(scope=SCOPE)
     overhead = envelope.ByteSize() + 16  # plus each span's tag and length prefix, at most 6
