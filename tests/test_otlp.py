@@ -5,6 +5,7 @@ requests get clear HTTP errors or quarantine, and nothing else is lost."""
 from __future__ import annotations
 
 import gzip
+import os
 import json
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -321,3 +323,55 @@ def test_with_a_token_ingest_needs_it(database: str, tmp_path: Path) -> None:
         assert fetchval(database, "SELECT count(*) FROM execution_events") == 1
     finally:
         collector.kill()
+
+
+#: An AG2 conversation traced by AG2's own OpenTelemetry instrumentation (classic
+#: ``autogen.opentelemetry``), exported over OTLP/HTTP to the collector; our shim is off.
+AG2_TELEMETRY = """
+import sys
+sys.path.insert(0, {examples!r})
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from autogen.opentelemetry import instrument_agent, instrument_llm_wrapper
+from offline_llm import ScriptedAgent
+
+provider = TracerProvider(resource=Resource.create({{"service.name": "ag2-telemetry"}}))
+provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint={endpoint!r})))
+instrument_llm_wrapper(tracer_provider=provider)
+researcher = ScriptedAgent("researcher", script=["A flat one; H0 = 70.", "Agreed."])
+critic = ScriptedAgent("critic", script=["Which prior did you use?", "Fine."])
+for agent in (researcher, critic):
+    instrument_agent(agent, tracer_provider=provider)
+researcher.initiate_chat(critic, message="Estimate H0.", max_turns=2)
+provider.shutdown()  # flushes the batch
+"""
+
+
+def test_ag2s_own_telemetry_lands_as_a_run_with_its_agents_and_llm_calls(
+        collector: CollectorProcess, database: str) -> None:
+    examples = str(Path(__file__).resolve().parent.parent / "examples")
+    program = AG2_TELEMETRY.format(examples=examples,
+                                   endpoint=f"http://{collector.http}/v1/traces")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                            timeout=120, env={k: v for k, v in os.environ.items()
+                                              if k != "CMBAGENT_COLLECTOR_URL"})
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    runs = fetch(database, "SELECT * FROM workflow_runs")
+    assert len(runs) == 1 and runs[0]["status"] == "completed"
+    run = runs[0]["id"]
+    events = fetch(database, "SELECT * FROM execution_events WHERE run_id = $1", run)
+    types = Counter(e["event_type"] for e in events)
+    assert types["agent_call"] >= 2 and types["llm_call"] >= 2, types
+    ids = {e["id"] for e in events}
+    assert all(e["parent_event_id"] in ids for e in events if e["parent_event_id"])
+    assert sum(e["parent_event_id"] is None for e in events) == 1  # the conversation's root
+    agents = {n["agent"] for n in fetch(
+        database, "SELECT agent FROM dag_nodes WHERE run_id = $1 AND node_type = 'sub_agent'",
+        run)}
+    assert agents == {"researcher", "critic"}
+    costs = fetch(database, "SELECT * FROM cost_records WHERE run_id = $1", run)
+    assert len(costs) == types["llm_call"] and all(c["total_tokens"] > 0 for c in costs)
+    assert fetchval(database, "SELECT count(*) FROM quarantine") == 0

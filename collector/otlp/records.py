@@ -234,8 +234,9 @@ class _ForeignSpan:
             records += self._run(status, error)
         if node is not None and _is_agent(a):  # the span's own node
             records += self._agent_node(node, agent, status, error)
+        event_type = self._event_type()
         event = {"k": "event", "run": self.run, "id": event_id, "session": self.session,
-                 "type": self._event_type(), "subtype": span.name, "agent": agent,
+                 "type": event_type, "subtype": span.name, "agent": agent,
                  "node": node.bytes if node else None,
                  "parent": c.foreign_id(self.run, span.parent_span_id).bytes
                  if span.parent_span_id else None,
@@ -244,6 +245,8 @@ class _ForeignSpan:
                                    "service": self.resource.get("service.name")}}}
         records += _timed(event, span, False, {"status": status, "error": error,
                                                "outputs": _jsonish(a.get(c.OUTPUT_VALUE))})
+        if event_type != "llm_call":  # usage on agent or chat spans sums their LLM calls
+            return records
         return records + self._cost(event_id, node, agent)
 
     def _event_type(self) -> str:
