@@ -5,8 +5,8 @@ requests get clear HTTP errors or quarantine, and nothing else is lost."""
 from __future__ import annotations
 
 import gzip
-import os
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -190,11 +190,11 @@ def test_export_maps_the_conventions_and_leaves_content_out_unless_asked(
 
 
 def _span(trace: bytes, span: bytes, parent: bytes = b"", name: str = "work",
-          **attributes: Any) -> Span:
+          attributes: dict[str, Any] | None = None) -> Span:
     now = time.time_ns()
     return Span(trace_id=trace, span_id=span, parent_span_id=parent, name=name,
                 start_time_unix_nano=now - 5_000_000, end_time_unix_nano=now,
-                attributes=convention.key_values(attributes))
+                attributes=convention.key_values(attributes or {}))
 
 
 def _body(*spans: Span) -> bytes:
@@ -235,16 +235,17 @@ def test_hostile_otlp_requests_get_clear_errors_or_quarantine_and_nothing_else_i
     # starting at zero and one whose session id is a number: the good ones are stored, each bad
     # one is quarantined alone, and the answer's partial_success counts them.
     agent = _span(trace, b"\x01" * 8, name="invoke_agent planner",
-                  **{"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "planner"})
+                  attributes={"gen_ai.operation.name": "invoke_agent",
+                              "gen_ai.agent.name": "planner"})
     llm = _span(trace, b"\x02" * 8, b"\x01" * 8, "chat gpt-4o",
-                **{"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o",
+                {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o",
                    "gen_ai.usage.input_tokens": 12, "gen_ai.usage.output_tokens": 5})
     orphan = _span(trace, b"\x03" * 8, b"\x09" * 8, "orphan")
     broken = _span(b"\x00" * 16, b"\x04" * 8, name="no trace")
     epoch = _span(trace, b"\x05" * 8, name="at zero")
     epoch.start_time_unix_nano = 0
-    own = _span(trace, b"\x06" * 8, name="ours", **{"cmbagent.record": "event",
-                                                   "cmbagent.id": "not a uuid", "session.id": 7})
+    own = _span(trace, b"\x06" * 8, name="ours", attributes={
+        "cmbagent.record": "event", "cmbagent.id": "not a uuid", "session.id": 7})
     status, _, answer = post(url, _body(agent, llm, orphan, broken, epoch, own))
     assert status == 200
     assert ExportTraceServiceResponse.FromString(answer).partial_success.rejected_spans == 3
@@ -301,7 +302,7 @@ def test_ingest_answers_503_with_retry_after_when_its_requests_in_flight_are_ful
         slow.append(sock)
     try:
         url = f"http://{collector.http}/v1/traces"
-        status, headers, text = wait_for(lambda: (r := post(url, body))[0] == 503 and r)
+        _, headers, text = wait_for(lambda: (r := post(url, body))[0] == 503 and r)
         assert headers["Retry-After"] == "2" and b"retry later" in text
     finally:
         for sock in slow:

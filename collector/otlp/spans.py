@@ -143,7 +143,7 @@ class _Mapper:
                 **self._cost(cost)})
 
     def _event_kind(self, event: Row, meta: dict[str, Any]
-                    ) -> tuple[dict[str, Any], str, int]:
+                    ) -> tuple[dict[str, Any], str, Span.SpanKind.ValueType]:
         """The conventions' attributes, span name and span kind of one event type."""
         event_type, agent = event["event_type"], event["agent_name"]
         base = {c.AGENT_NAME: agent, c.OI_AGENT: agent}
@@ -172,7 +172,7 @@ class _Mapper:
     # --- pieces -------------------------------------------------------------------------------
 
     def _span(self, key: uuid.UUID, parent: uuid.UUID | None, name: str, start: datetime,
-              end: datetime, status: str, error: str | None, kind: int,
+              end: datetime, status: str, error: str | None, kind: Span.SpanKind.ValueType,
               attributes: dict[str, Any]) -> Span:
         span = Span(
             trace_id=self.trace_id, span_id=c.span_id(key), name=name, kind=kind,
