@@ -35,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from . import schema
     from .daemon import Collector
+    from .otlp.commands import following
     from .otlp.ingest import OtlpIngest
     from .store import Store
 
@@ -50,7 +51,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             collector = Collector(settings, store)
             ingest = OtlpIngest(store, collector.metrics)
             async with _http(settings, dsn, readiness=collector.readiness,
-                             metrics=collector.metrics, routes=ingest.add_routes):
+                             metrics=collector.metrics, routes=ingest.add_routes), \
+                    following(args, dsn, collector.metrics):
                 await collector.serve()
         finally:
             await store.close()
@@ -230,6 +232,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--curve-allow-dir", type=Path, metavar="DIR",
                        help="accept only clients whose public key file is in DIR "
                        "(env CMBAGENT_CURVE_ALLOW_DIR)")
+    from .otlp.commands import add_serve_flags
+
+    add_serve_flags(serve)
     serve.set_defaults(command=_serve)
 
     ui = commands.add_parser("ui", help="serve only the web view and its JSON API (no ZeroMQ), "

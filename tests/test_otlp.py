@@ -33,7 +33,17 @@ from collector.otlp.export import requests
 from collector.otlp.spans import run_spans
 
 from .conftest import _with_database
-from .support import CollectorProcess, execute, fetch, fetchval, new_name, run_async, wait_for
+from .support import (
+    CollectorProcess,
+    agent,
+    execute,
+    fetch,
+    fetchval,
+    free_port,
+    new_name,
+    run_async,
+    wait_for,
+)
 from .test_workflow import example_run  # noqa: F401  (a fixture)
 
 PROTOBUF = "application/x-protobuf"
@@ -376,3 +386,47 @@ def test_ag2s_own_telemetry_lands_as_a_run_with_its_agents_and_llm_calls(
     costs = fetch(database, "SELECT * FROM cost_records WHERE run_id = $1", run)
     assert len(costs) == types["llm_call"] and all(c["total_tokens"] > 0 for c in costs)
     assert fetchval(database, "SELECT count(*) FROM quarantine") == 0
+
+
+def _metric(collector: CollectorProcess, name: str) -> float:
+    with urllib.request.urlopen(f"http://{collector.http}/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def test_serve_exports_ended_runs_and_resumes_from_its_cursor(
+        database: str, second_database: str, tmp_path: Path,
+        agent_env: dict[str, str]) -> None:
+    target_http = f"127.0.0.1:{free_port()}"  # nothing listens there yet
+    follow = ("--no-migrate", "--export-otlp", f"http://{target_http}", "--export-content")
+    source = CollectorProcess(database, tmp_path / "source", extra=follow).start()
+    target = CollectorProcess(second_database, tmp_path / "target", http=target_http,
+                              extra=("--no-migrate",))
+    try:
+        agent({**agent_env, "CMBAGENT_COLLECTOR_URL": source.url}, "emit", "50")
+        first = fetchval(database, "SELECT id FROM workflow_runs")
+        # The endpoint is away: attempts fail and are counted, nothing is marked sent.
+        wait_for(lambda: _metric(source, "cmbagent_otlp_export_failures_total") >= 1, timeout=90)
+        assert fetchval(database, "SELECT count(*) FROM otlp_exports") == 0
+
+        target.start()
+        wait_for(lambda: fetchval(database, "SELECT count(*) FROM otlp_exports") == 1,
+                 timeout=120)
+        assert stored(second_database, first) == stored(database, first)
+
+        # A restart keeps the cursor: only the new run is sent.
+        source.kill()
+        source = CollectorProcess(database, tmp_path / "source", extra=follow).start()
+        agent({**agent_env, "CMBAGENT_COLLECTOR_URL": source.url}, "emit", "10")
+        wait_for(lambda: fetchval(database, "SELECT count(*) FROM otlp_exports") == 2,
+                 timeout=120)
+        assert _metric(source, "cmbagent_otlp_export_runs_total") == 1
+        assert fetchval(second_database, "SELECT count(*) FROM workflow_runs") == 2
+        assert fetchval(second_database, "SELECT count(*) FROM execution_events") \
+            == fetchval(database, "SELECT count(*) FROM execution_events")
+    finally:
+        for process in (source, target):
+            if process.alive():
+                process.kill()
