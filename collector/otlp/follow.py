@@ -1,6 +1,6 @@
 """``serve --export-otlp URL``: send each run to an OTLP endpoint once it has ended.
 
-- Asynchronous and apart from ingest: its own database connection, the spans built in a worker
+- Asynchronous and apart from ingest: a database connection of its own, the spans built in a worker
   thread, one run in memory at a time; ingest never waits for it.
 - The cursor is stored (``otlp_exports``: per endpoint, each run sent and its highest
   ``execution_order``): after a restart or while the endpoint is unreachable nothing is skipped,
@@ -73,29 +73,34 @@ class Follower:
     async def run(self) -> None:
         """Until cancelled: send what is due, then look again; back off while failing."""
         backoff = self.poll_seconds
+        connection: asyncpg.Connection | None = None
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-            while True:
-                try:
-                    await self._send_due(session)
-                    backoff = self.poll_seconds
-                except (ExportError, OSError, asyncpg.PostgresError) as exc:
-                    self.failures.inc()
-                    backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-                    log.warning("OTLP export to %s: %s; trying again in %.0fs",
-                                self.endpoint.url, exc, backoff)
-                await asyncio.sleep(backoff)
+            try:
+                while True:
+                    try:
+                        if connection is None or connection.is_closed():
+                            connection = await asyncpg.connect(self.dsn, server_settings={
+                                "application_name": "cmbagent-collector-export"})
+                        await self._send_due(connection, session)
+                        backoff = self.poll_seconds
+                    except (ExportError, OSError, asyncpg.PostgresError,
+                            asyncpg.InterfaceError) as exc:
+                        self.failures.inc()
+                        backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                        log.warning("OTLP export to %s: %s; trying again in %.0fs",
+                                    self.endpoint.url, exc, backoff)
+                    await asyncio.sleep(backoff)
+            finally:
+                if connection is not None:
+                    await connection.close()
 
-    async def _send_due(self, session: aiohttp.ClientSession) -> None:
-        connection = await asyncpg.connect(self.dsn, server_settings={
-            "application_name": "cmbagent-collector-export"})
-        try:
-            due = await connection.fetch(_DUE, self.endpoint.url, BATCH_RUNS)
-            self.waiting.set(len(due))
-            for row in due:
-                await self._send_run(connection, session, row["id"])
-                self.waiting.dec()
-        finally:
-            await connection.close()
+    async def _send_due(self, connection: asyncpg.Connection,
+                        session: aiohttp.ClientSession) -> None:
+        due = await connection.fetch(_DUE, self.endpoint.url, BATCH_RUNS)
+        self.waiting.set(len(due))
+        for row in due:
+            await self._send_run(connection, session, row["id"])
+            self.waiting.dec()
 
     async def _send_run(self, connection: asyncpg.Connection, session: aiohttp.ClientSession,
                         run: uuid.UUID) -> None:
