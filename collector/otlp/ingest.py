@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 JSON = "application/json"
 MAX_BODY_BYTES = 8 * 1024 * 1024  # twice what exporters send at most (gRPC's 4 MiB)
 MAX_IN_FLIGHT = 4
+BODY_SECONDS = 30
 RETRY_AFTER_SECONDS = "2"
 _ID_FIELDS = frozenset({"traceId", "spanId", "parentSpanId"})
 
@@ -71,7 +72,10 @@ class OtlpIngest:
             return self._busy("requests in flight at their limit")
         async with self._slots:
             try:
-                body = await self._body(request)
+                # A slot is held while the body arrives: a client that stalls loses it.
+                body = await asyncio.wait_for(self._body(request), BODY_SECONDS)
+            except asyncio.TimeoutError:
+                return self._refuse(408, "timeout", f"the body took over {BODY_SECONDS} s")
             except web.HTTPRequestEntityTooLarge:
                 return self._refuse(413, "oversize", f"the body is over {self.max_body_bytes} "
                                     "bytes: send fewer spans per request")

@@ -100,14 +100,15 @@ def _uuid(value: Any) -> bytes | None:
     return None if value in (None, "") else uuid.UUID(str(value)).bytes
 
 
-def _jsonish(value: Any) -> Any:
-    """An ``input.value`` / ``output.value``: JSON when it parses, else the text itself."""
-    if not isinstance(value, str):
-        return value
-    try:
-        return json.loads(value)
-    except ValueError:
-        return {"value": value}
+def _content(attributes: dict[str, Any], key: str, mime_key: str) -> Any:
+    """``input.value`` / ``output.value``: parsed when its mime type says JSON, else as given."""
+    value = attributes.get(key)
+    if isinstance(value, str) and attributes.get(mime_key) == c.JSON_MIME:
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _status(span: Span) -> tuple[str, str | None]:
@@ -185,8 +186,8 @@ class _OwnSpan:
                  "subtype": a.get(c.EVENT_SUBTYPE), "agent": a.get(c.AGENT),
                  "node": _uuid(a.get(c.NODE)), "parent": _uuid(a.get(c.PARENT_EVENT)),
                  "depth": a.get(c.DEPTH), "meta": self._meta(),
-                 "inputs": _jsonish(a.get(c.INPUT_VALUE))}
-        final = {**self._final(), "outputs": _jsonish(a.get(c.OUTPUT_VALUE))}
+                 "inputs": _content(a, c.INPUT_VALUE, c.INPUT_MIME)}
+        final = {**self._final(), "outputs": _content(a, c.OUTPUT_VALUE, c.OUTPUT_MIME)}
         return _timed(event, self.span, bool(a.get(c.POINT)), final)
 
     def _cost(self, event: bytes | None) -> list[Record]:
@@ -240,11 +241,12 @@ class _ForeignSpan:
                  "node": node.bytes if node else None,
                  "parent": c.foreign_id(self.run, span.parent_span_id).bytes
                  if span.parent_span_id else None,
-                 "inputs": _jsonish(a.get(c.INPUT_VALUE)),
+                 "inputs": _content(a, c.INPUT_VALUE, c.INPUT_MIME),
                  "meta": {"otlp": {"name": span.name, "attributes": a,
                                    "service": self.resource.get("service.name")}}}
         records += _timed(event, span, False, {"status": status, "error": error,
-                                               "outputs": _jsonish(a.get(c.OUTPUT_VALUE))})
+                                               "outputs": _content(a, c.OUTPUT_VALUE,
+                                                                   c.OUTPUT_MIME)})
         if event_type != "llm_call":  # usage on agent or chat spans sums their LLM calls
             return records
         return records + self._cost(event_id, node, agent)

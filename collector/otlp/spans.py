@@ -97,7 +97,7 @@ class _Mapper:
         start = (node["started_at"] or node["completed_at"] or self.first_event.get(node["id"])
                  or self._run_start())
         span = self._span(
-            node["id"], node["parent_node_id"], name, start, node["completed_at"] or start,
+            node["id"], self._known(node["parent_node_id"]), name, start, node["completed_at"] or start,
             node["status"], node["error_message"], Span.SPAN_KIND_INTERNAL, {
                 c.OPERATION: operation, c.SPAN_KIND: kind, c.RECORD: "node",
                 c.NODE_TYPE: node["node_type"], c.NAME: node["name"], c.AGENT: node["agent"],
@@ -119,8 +119,7 @@ class _Mapper:
         meta = _json(event["meta"])
         attributes, name, kind = self._event_kind(event, meta)
         start = event["started_at"] or event["timestamp"]
-        parent = event["parent_event_id"] if event["parent_event_id"] in self.known \
-            else event["node_id"]
+        parent = self._known(event["parent_event_id"]) or self._known(event["node_id"])
         return self._span(
             event["id"], parent, name, start, event["completed_at"] or start, event["status"],
             event["error_message"], kind, {
@@ -137,7 +136,7 @@ class _Mapper:
         """A cost recorded outside any event: a point LLM span under its node (or the run)."""
         model = cost["model"] or "unknown"
         return self._span(
-            cost["id"], cost["node_id"], f"chat {model}", cost["timestamp"], cost["timestamp"],
+            cost["id"], self._known(cost["node_id"]), f"chat {model}", cost["timestamp"], cost["timestamp"],
             "completed", None, Span.SPAN_KIND_CLIENT, {
                 c.OPERATION: "chat", c.SPAN_KIND: LLM, c.RECORD: "cost", c.POINT: True,
                 **self._cost(cost)})
@@ -170,6 +169,10 @@ class _Mapper:
         return {**base, c.SPAN_KIND: CHAIN}, name, Span.SPAN_KIND_INTERNAL
 
     # --- pieces -------------------------------------------------------------------------------
+
+    def _known(self, key: uuid.UUID | None) -> uuid.UUID | None:
+        """``key`` if this run has that node or event, else ``None`` (the run is the parent)."""
+        return key if key in self.known else None
 
     def _span(self, key: uuid.UUID, parent: uuid.UUID | None, name: str, start: datetime,
               end: datetime, status: str, error: str | None, kind: Span.SpanKind.ValueType,
@@ -210,11 +213,19 @@ class _Mapper:
         if not self.content:
             return {}
         inputs, outputs = event["inputs"], event["outputs"]
-        return {c.INPUT_VALUE: inputs, c.INPUT_MIME: c.JSON_MIME if inputs else None,
-                c.OUTPUT_VALUE: outputs, c.OUTPUT_MIME: c.JSON_MIME if outputs else None}
+        return {**_json_content(c.INPUT_VALUE, c.INPUT_MIME, inputs),
+                **_json_content(c.OUTPUT_VALUE, c.OUTPUT_MIME, outputs)}
 
     def _input(self, text: str | None) -> dict[str, Any]:
         return {c.INPUT_VALUE: text} if self.content and text else {}
+
+
+def _json_content(key: str, mime_key: str, value: Any) -> dict[str, Any]:
+    """A jsonb column as ``input.value`` / ``output.value``: JSON text, said to be JSON."""
+    if value is None:
+        return {}
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return {key: text, mime_key: c.JSON_MIME}
 
 
 def _tool_name(event: Row, meta: dict[str, Any]) -> str:
