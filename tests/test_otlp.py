@@ -116,6 +116,16 @@ def counts(dsn: str) -> tuple[int, ...]:
 def test_export_into_our_own_ingest_rebuilds_the_same_run(
         example_run: tuple[str, uuid.UUID, str], second_database: str, tmp_path: Path) -> None:
     dsn, run, _ = example_run
+    # Costs that are not one per LLM call: a second one on a call, and one outside any event.
+    execute(dsn, f"""INSERT INTO cost_records (run_id, id, session_id, node_id, event_id, model,
+                     agent_name, prompt_tokens, completion_tokens, total_tokens, cost_usd,
+                     "timestamp")
+                     SELECT run_id, gen_random_uuid(), session_id, node_id, event_id, 'retry-model',
+                            agent_name, 1, 2, 3, 0.5, "timestamp" + interval '1 ms'
+                     FROM cost_records WHERE run_id = '{run}' AND event_id IS NOT NULL LIMIT 1""",
+            f"""INSERT INTO cost_records (run_id, id, session_id, model, total_tokens, "timestamp")
+                SELECT id, gen_random_uuid(), session_id, 'batch-model', 7, started_at
+                FROM workflow_runs WHERE id = '{run}'""")
     target = CollectorProcess(second_database, tmp_path / "target", extra=("--no-migrate",)).start()
     try:
         out = export(dsn, run, f"http://{target.http}", "--content")

@@ -62,6 +62,7 @@ POINT = "cmbagent.point"  # an event or node without a duration
 META = "cmbagent.meta"
 COST_ID = "cmbagent.cost.id"
 COST_NODE = "cmbagent.cost.node_id"
+COST_EVENT = "cmbagent.cost.event_id"
 COST_AGENT = "cmbagent.cost.agent"
 COST_TIME = "cmbagent.cost.time_us"
 TOTAL_TOKENS = "cmbagent.cost.total_tokens"

@@ -141,9 +141,9 @@ class _OwnSpan:
         if kind == "node":
             return self._node()
         if kind == "event":
-            return self._event() + self._cost(_uuid(self.a[c.ID]))
+            return self._event() + self._cost()
         if kind == "cost":
-            return self._cost(None)
+            return self._cost()
         raise ValueError(f"{c.RECORD} {kind!r} is none of run, node, event, cost")
 
     def _base(self) -> Record:
@@ -190,12 +190,13 @@ class _OwnSpan:
         final = {**self._final(), "outputs": _content(a, c.OUTPUT_VALUE, c.OUTPUT_MIME)}
         return _timed(event, self.span, bool(a.get(c.POINT)), final)
 
-    def _cost(self, event: bytes | None) -> list[Record]:
+    def _cost(self) -> list[Record]:
         a = self.a
         if c.COST_ID not in a:
             return []
         return [{"k": "cost", "run": self.run, "id": _uuid(a[c.COST_ID]),
-                 "session": self.session, "node": _uuid(a.get(c.COST_NODE)), "event": event,
+                 "session": self.session, "node": _uuid(a.get(c.COST_NODE)),
+                 "event": _uuid(a.get(c.COST_EVENT)),
                  "model": a.get(c.REQUEST_MODEL), "agent": a.get(c.COST_AGENT),
                  "prompt_tokens": a.get(c.INPUT_TOKENS),
                  "completion_tokens": a.get(c.OUTPUT_TOKENS),

@@ -52,7 +52,14 @@ class _Mapper:
         self.root = c.span_id(run["id"])
         self.known = {n["id"] for n in stored.nodes} | {e["id"] for e in stored.events}
         self.session = str(run["session_id"])
-        self.costs = {cost["event_id"]: cost for cost in stored.costs if cost["event_id"]}
+        # An LLM call's cost goes on its span; any other cost gets a span of its own.
+        self.costs: dict[uuid.UUID, Row] = {}
+        self.loose_costs: list[Row] = []
+        for cost in stored.costs:
+            if cost["event_id"] and cost["event_id"] not in self.costs:
+                self.costs[cost["event_id"]] = cost
+            else:
+                self.loose_costs.append(cost)
         # A node without times of its own (a branch point) is placed at its first event.
         self.first_event: dict[uuid.UUID, datetime] = {}
         for event in stored.events:
@@ -66,7 +73,7 @@ class _Mapper:
         spans = [] if stored.run["status"] in OPEN else [self._run()]
         spans += [self._node(n) for n in stored.nodes if n["status"] not in OPEN]
         spans += [self._event(e) for e in stored.events if e["status"] not in OPEN]
-        spans += [self._orphan_cost(cost) for cost in stored.costs if not cost["event_id"]]
+        spans += [self._loose_cost(cost) for cost in self.loose_costs]
         return spans
 
     # --- one span per row -----------------------------------------------------------------
@@ -132,11 +139,13 @@ class _Mapper:
                 **self._content(event),
             })
 
-    def _orphan_cost(self, cost: Row) -> Span:
-        """A cost recorded outside any event: a point LLM span under its node (or the run)."""
+    def _loose_cost(self, cost: Row) -> Span:
+        """A cost outside any event (or an event's second): a point LLM span under its event,
+        else its node, else the run."""
         model = cost["model"] or "unknown"
         return self._span(
-            cost["id"], self._known(cost["node_id"]), f"chat {model}", cost["timestamp"], cost["timestamp"],
+            cost["id"], self._known(cost["event_id"]) or self._known(cost["node_id"]),
+            f"chat {model}", cost["timestamp"], cost["timestamp"],
             "completed", None, Span.SPAN_KIND_CLIENT, {
                 c.OPERATION: "chat", c.SPAN_KIND: LLM, c.RECORD: "cost", c.POINT: True,
                 **self._cost(cost)})
@@ -199,6 +208,7 @@ class _Mapper:
         value = float(cost["cost_usd"]) if cost["cost_usd"] is not None else None
         return {
             c.COST_ID: str(cost["id"]), c.COST_NODE: _text(cost["node_id"]),
+            c.COST_EVENT: _text(cost["event_id"]),
             c.COST_AGENT: cost["agent_name"], c.COST_TIME: _micros(cost["timestamp"]),
             c.REQUEST_MODEL: cost["model"],
             c.OI_MODEL: cost["model"],
