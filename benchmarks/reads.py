@@ -7,17 +7,16 @@ step (33 nodes), 1,000 events in blocks of 40 per node with a global ``execution
 payloads of about 300 bytes, and a cost record per LLM call (200 per run); then
 ``VACUUM ANALYZE``, as autovacuum would leave it.
 
-The queries are the read commands' own (``collector.queries``): ``tree`` (a run's nodes with
-per-node event counts, durations, token and cost totals), ``events`` (a page of 100 of the
-timeline, keyset after a random ``execution_order``), ``events --node`` (100 of a node's
-events) and ``runs`` (20 runs with their totals). A run's totals alone has no command; its SQL
+The queries are the read commands' and the web API's own (``collector.reads``): ``tree`` (a
+run's nodes with per-node event counts, durations, token and cost totals), ``events`` (a page
+of 100 of the timeline, keyset after a random ``execution_order``), ``events --node`` (100 of
+a node's events) and ``runs`` (20 runs with their totals). A run's totals alone has no command; its SQL
 here is the per-run part of ``runs`` for one run. Each is timed from the client (asyncpg, one
 connection, statements prepared as a long-lived reader has them), on random runs.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import random
 import time
@@ -120,31 +119,29 @@ def _id(name: str) -> uuid.UUID:
 
 
 async def _time_reads(dsn: str, samples: int, blocks: int) -> dict[str, list[list[float]]]:
-    from collector.queries import _events, _runs, _tree
+    from collector import reads
 
     connection = await asyncpg.connect(dsn)
     rng = random.Random(7)
 
     async def tree() -> Any:
-        return await _tree(connection, argparse.Namespace(run=_id(f"r{rng.randrange(RUNS)}")))
+        return await reads.tree(connection, _id(f"r{rng.randrange(RUNS)}"))
 
     async def timeline() -> Any:
         run = rng.randrange(RUNS)
         after = run * EVENTS_PER_RUN + rng.randrange(EVENTS_PER_RUN - 100)
-        return await _events(connection, argparse.Namespace(
-            run=_id(f"r{run}"), node=None, event_type=None, after=after, limit=100))
+        return await reads.events(connection, _id(f"r{run}"), after=after, limit=100)
 
     async def node_events() -> Any:
         run, step, agent = rng.randrange(RUNS), rng.randrange(1, 9), rng.randrange(3)
-        return await _events(connection, argparse.Namespace(
-            run=_id(f"r{run}"), node=str(_id(f"n{run}.{step}.{agent}")), event_type=None,
-            after=0, limit=100))
+        return await reads.events(connection, _id(f"r{run}"),
+                                  node=str(_id(f"n{run}.{step}.{agent}")), limit=100)
 
     async def totals() -> Any:
         return await connection.fetchrow(TOTALS_SQL, _id(f"r{rng.randrange(RUNS)}"))
 
     async def runs_page() -> Any:
-        return await _runs(connection, argparse.Namespace(limit=20))
+        return await reads.runs(connection, reads.RunFilter(limit=20))
 
     queries = {"run tree (33 nodes, totals per node)": tree,
                "timeline page (100, keyset)": timeline,

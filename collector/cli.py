@@ -11,6 +11,7 @@ import sys
 import uuid
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from . import schema
     from .daemon import Collector
+    from .otlp.commands import following
+    from .otlp.ingest import OtlpIngest
     from .store import Store
 
+    _check_http_exposure(settings)
     dsn, _server = database(settings)
     _run_async(_with_retries(lambda: _probe(dsn), dsn))
     if settings.migrate:
@@ -47,12 +51,54 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     async def run() -> None:
         await _with_retries(store.open, dsn)
         try:
-            await Collector(settings, store).serve()
+            collector = Collector(settings, store)
+            ingest = OtlpIngest(store, collector.metrics)
+            async with _http(settings, dsn, readiness=collector.readiness,
+                             metrics=collector.metrics, routes=ingest.add_routes), \
+                    following(args, dsn, collector.metrics):
+                await collector.serve()
         finally:
             await store.close()
 
     _run_async(run())
     return 0
+
+
+def _ui(settings: Settings, args: argparse.Namespace) -> int:
+    """The web view and its API alone: reads any DSN (a replica will do), no ZeroMQ."""
+    import signal
+
+    if settings.http_bind is None:
+        raise SystemExit("cmbagent-collector ui: --http off leaves nothing to serve")
+    _check_http_exposure(settings)
+    dsn, _server = database(settings)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        async with _http(settings, dsn):
+            await stop.wait()
+
+    _run_async(run())
+    return 0
+
+
+def _check_http_exposure(settings: Settings) -> None:
+    try:
+        settings.check_http_exposure()
+    except SettingsError as exc:
+        raise SystemExit(f"cmbagent-collector: {exc}") from None
+
+
+def _http(settings: Settings, dsn: str, **probes: Any) -> AbstractAsyncContextManager[None]:
+    """The web server while the block runs, or nothing with ``--http off``."""
+    if settings.http_bind is None:
+        return nullcontext()
+    from .web import serving
+
+    return serving(settings.http_bind, dsn, token=settings.http_token, **probes)
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -197,7 +243,7 @@ def _command_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["bind"] = tuple(args.bind)
     if getattr(args, "no_migrate", False):
         overrides["migrate"] = False
-    for name in ("metrics_bind", "curve_secret_key_file", "curve_allow_dir", "max_message_bytes"):
+    for name in ("http_bind", "http_token", "curve_secret_key_file", "curve_allow_dir", "max_message_bytes"):
         if getattr(args, name, None):
             overrides[name] = getattr(args, name)
     return overrides
@@ -222,9 +268,7 @@ def _parser() -> argparse.ArgumentParser:
                        "default tcp://127.0.0.1:5555)")
     serve.add_argument("--no-migrate", action="store_true",
                        help="do not apply migrations at start")
-    serve.add_argument("--metrics-bind", metavar="HOST:PORT",
-                       help="serve /livez, /readyz and /metrics over HTTP here "
-                       "(env CMBAGENT_METRICS_BIND; default: off)")
+    _http_flags(serve)
     serve.add_argument("--max-message-bytes", type=int, metavar="N",
                        help="refuse larger messages before reading them (default 32 MiB; "
                        "frames over the protocol's 8 MiB are quarantined)")
@@ -234,7 +278,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--curve-allow-dir", type=Path, metavar="DIR",
                        help="accept only clients whose public key file is in DIR "
                        "(env CMBAGENT_CURVE_ALLOW_DIR)")
+    from .otlp.commands import add_serve_flags
+
+    add_serve_flags(serve)
     serve.set_defaults(command=_serve)
+
+    ui = commands.add_parser("ui", help="serve only the web view and its JSON API (no ZeroMQ), "
+                             "against any database, a read replica too")
+    _http_flags(ui)
+    ui.set_defaults(command=_ui)
 
     prune = commands.add_parser("prune", help="remove runs with their nodes, events and costs")
     prune.add_argument("--older-than", metavar="AGE",
@@ -264,8 +316,21 @@ def _parser() -> argparse.ArgumentParser:
     downgrade.add_argument("revision", nargs="?", default="base")
     downgrade.set_defaults(command=_downgrade)
 
+    from .otlp.commands import add_commands as add_otlp_commands
+
     add_commands(commands)
+    add_otlp_commands(commands)
     return parser
+
+
+def _http_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--http", "--metrics-bind", dest="http_bind", metavar="HOST:PORT",
+                        help="serve the web view, its JSON API, /livez, /readyz and /metrics here; "
+                        "'off' for none (env CMBAGENT_HTTP_BIND, formerly CMBAGENT_METRICS_BIND; "
+                        "default 127.0.0.1:8790)")
+    parser.add_argument("--http-token", metavar="TOKEN",
+                        help="required to bind anything but loopback (env CMBAGENT_HTTP_TOKEN, "
+                        "which keeps it out of the process list)")
 
 
 class _JsonFormatter(logging.Formatter):

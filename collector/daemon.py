@@ -29,7 +29,6 @@ import zmq.auth
 from agent_shim.wire import ACK, REFUSED, encode_reply
 
 from . import schema
-from .health import serve_health
 from .metrics import Metrics
 from .pipeline import QUARANTINE_PAYLOAD_BYTES, Decoded, decode, refused
 from .settings import Settings
@@ -65,9 +64,6 @@ class Collector:
         if handle_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(signum, self.stop, signum)
-        health = None
-        if self.settings.metrics_bind:
-            health = await serve_health(self.settings.metrics_bind, self.metrics, self.readiness)
         try:
             self._bind()  # after the health endpoint: once agents can connect, it answers too
             self._resume_reading()
@@ -79,8 +75,6 @@ class Collector:
             if self._authenticator is not None:
                 self._authenticator.stop()
             self._context.term()
-            if health is not None:
-                health.close()
             value = self.metrics.value
             log.info("collector stopped: %d frames received, %d batches committed, "
                      "%d events stored, %d inputs quarantined",

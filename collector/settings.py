@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,9 @@ from urllib.parse import urlsplit, urlunsplit
 BIND = "CMBAGENT_COLLECTOR_BIND"
 DATABASE_URL = "CMBAGENT_DATABASE_URL"
 TRACKING_HOME = "CMBAGENT_TRACKING_HOME"
-METRICS_BIND = "CMBAGENT_METRICS_BIND"
+HTTP_BIND = "CMBAGENT_HTTP_BIND"
+METRICS_BIND = "CMBAGENT_METRICS_BIND"  # the older name of HTTP_BIND, still honoured
+HTTP_TOKEN = "CMBAGENT_HTTP_TOKEN"
 CURVE_SECRET_KEY_FILE = "CMBAGENT_CURVE_SECRET_KEY_FILE"
 CURVE_ALLOW_DIR = "CMBAGENT_CURVE_ALLOW_DIR"
 
@@ -43,7 +46,9 @@ class Settings:
     max_pending_bytes: int = 256 * 1024 * 1024  # frames held undecoded; then reading stops
     shutdown_timeout: float = 10.0
     pool_size: int = 4
-    metrics_bind: str | None = None  # HOST:PORT of /livez, /readyz, /metrics; off when unset
+    # HOST:PORT of the web view, its API, /livez, /readyz and /metrics; None: no HTTP at all.
+    http_bind: str | None = "127.0.0.1:8790"
+    http_token: str | None = None  # required when http_bind is not a loopback address
     curve_secret_key_file: Path | None = None  # CurveZMQ on: this collector's key pair
     curve_allow_dir: Path | None = None  # the public keys of the clients it accepts
 
@@ -62,13 +67,27 @@ class Settings:
                 "CurveZMQ needs both the collector's key file (--curve-secret-key-file) and a "
                 "directory of allowed client keys (--curve-allow-dir); "
                 "make keys with `cmbagent-collector keys DIR`")
-        if self.metrics_bind is not None and not self.metrics_bind.rpartition(":")[2].isdigit():
-            raise SettingsError(f"metrics endpoint {self.metrics_bind!r} is not HOST:PORT")
+        if self.http_bind is not None and not self.http_bind.rpartition(":")[2].isdigit():
+            raise SettingsError(f"HTTP address {self.http_bind!r} is not HOST:PORT (or 'off')")
         if self.dsn is not None and urlsplit(self.dsn).scheme not in ("postgres", "postgresql"):
             raise SettingsError(
                 f"database URL {redact_dsn(self.dsn)!r} is not a PostgreSQL URL "
                 "(postgresql://user:password@host:port/database)"
             )
+
+    def check_http_exposure(self) -> None:
+        """Refuse (:class:`SettingsError`) a web view reachable from other hosts without a token.
+
+        Checked by the commands that serve HTTP, not here: ``migrate`` or ``runs`` in an
+        environment made for ``serve`` need no token.
+        """
+        if self.http_bind is None or self.http_token:
+            return
+        host = self.http_bind.rpartition(":")[0]
+        if not is_loopback(host):
+            raise SettingsError(
+                f"the web view on {self.http_bind} would be reachable from other hosts: set a "
+                f"token ({HTTP_TOKEN} or --http-token), or bind loopback (127.0.0.1:PORT)")
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -78,8 +97,11 @@ class Settings:
             values["bind"] = tuple(e.strip() for e in os.environ[BIND].split(",") if e.strip())
         if os.environ.get(DATABASE_URL):
             values["dsn"] = os.environ[DATABASE_URL]
-        if os.environ.get(METRICS_BIND):
-            values["metrics_bind"] = os.environ[METRICS_BIND]
+        http_bind = os.environ.get(HTTP_BIND) or os.environ.get(METRICS_BIND)
+        if http_bind:
+            values["http_bind"] = http_bind
+        if os.environ.get(HTTP_TOKEN):
+            values["http_token"] = os.environ[HTTP_TOKEN]
         for name, variable in (("curve_secret_key_file", CURVE_SECRET_KEY_FILE),
                                ("curve_allow_dir", CURVE_ALLOW_DIR)):
             if os.environ.get(variable):
@@ -87,11 +109,24 @@ class Settings:
         if os.environ.get(TRACKING_HOME):
             values["data_dir"] = Path(os.environ[TRACKING_HOME])
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if values.get("http_bind") == "off":
+            values["http_bind"] = None
         return cls(**values)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         dsn = redact_dsn(self.dsn) if self.dsn else "embedded"
         return f"Settings(bind={self.bind}, dsn={dsn!r}, data_dir='{self.data_dir}')"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, IPv6 with or without brackets) is this machine only."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # another name: it may resolve to anything
 
 
 def redact_dsn(dsn: str) -> str:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -28,6 +29,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def run_async(coroutine: Any) -> Any:
+    """``asyncio.run``, also where this thread already runs a loop (Playwright's sync API
+    keeps one running in the browser tests): then in a thread of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
     async def run() -> list[asyncpg.Record]:
         connection = await asyncpg.connect(dsn)
@@ -36,7 +48,7 @@ def fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
         finally:
             await connection.close()
 
-    return asyncio.run(run())
+    return run_async(run())
 
 
 def event_rows(dsn: str) -> list[dict[str, Any]]:
@@ -78,7 +90,7 @@ def execute(dsn: str, *statements: str) -> None:
         finally:
             await connection.close()
 
-    asyncio.run(run())
+    run_async(run())
 
 
 def wait_for(condition: Any, timeout: float = 20.0, interval: float = 0.05) -> Any:
@@ -99,6 +111,7 @@ class CollectorProcess:
     dsn: str | None
     data_dir: Path
     port: int = field(default_factory=free_port)
+    http: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")  # web view and probes
     process: subprocess.Popen[bytes] | None = None
     extra: tuple[str, ...] = ()
 
@@ -112,7 +125,7 @@ class CollectorProcess:
         self.log = (self.data_dir / f"collector-{self.port}.log").open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "collector", *dsn, "--data-dir", str(self.data_dir), "serve",
-             "--bind", self.url, *self.extra], stdout=self.log, stderr=subprocess.STDOUT)
+             "--bind", self.url, "--http", self.http, *self.extra], stdout=self.log, stderr=subprocess.STDOUT)
         wait_for(self._listening, timeout=60)
         return self
 

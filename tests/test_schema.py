@@ -6,10 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from collector import schema
+
 from .support import CollectorProcess, agent, fetch, fetchval
 
 TABLES = {"sessions", "workflow_runs", "dag_nodes", "dag_edges", "execution_events",
-          "cost_records", "dropped_events", "quarantine"}
+          "cost_records", "dropped_events", "quarantine", "otlp_exports"}
 
 
 def _tables(dsn: str) -> set[str]:
@@ -28,7 +30,8 @@ def test_migrations_upgrade_downgrade_upgrade(empty_database: str) -> None:
     assert _tables(empty_database) == set()
     _cli("--dsn", empty_database, "migrate")
     assert _tables(empty_database) == TABLES
-    assert fetchval(empty_database, "SELECT version_num FROM alembic_version") == "0001"
+    assert fetchval(empty_database, "SELECT version_num FROM alembic_version") \
+        == schema.head_revision()
 
 
 def test_embedded_default_starts_and_stores_events(private_dir: Path,
