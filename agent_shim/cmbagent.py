@@ -28,9 +28,13 @@ Where things go:
   subtype is the callback's name without ``on_``). CMBAgent sends these after the fact, from the
   chat history, so they are kept apart from the captured AG2 events (``message``, ``code_exec``,
   ...), and its cost summary is not written to ``cost_records``: each LLM call already is.
+  A message CMBAgent found no agent name for is reported under its role (``assistant``,
+  ``user``, ...): it is recorded on the step, not as a sub-agent.
 - The run: the one current when the first callback comes (``tracker.run`` or, without one, the
   process's implicit run); ``on_workflow_start`` opens a run of its own when none is current,
-  and ``on_workflow_complete`` / ``on_workflow_failed`` end it.
+  and ``on_workflow_complete`` / ``on_workflow_failed`` end it. CMBAgent's phases end without a
+  callback, and the fork never calls ``on_workflow_complete``: whatever is still open is closed
+  when its run ends (the ``with`` block, or the process's exit for the implicit run).
 
 Callbacks never raise into CMBAgent (an internal error is logged); ``create_redo_branch`` does,
 on purpose, when a redo is refused or the step never ran.
@@ -65,6 +69,10 @@ CALLBACKS = (
     "on_cost_update", "on_agent_message", "on_code_execution", "on_tool_call",
     "on_phase_change",
 )
+
+#: What CMBAgent reports as the agent of a chat message that names none: the message's role
+#: (``msg.get("name", msg.get("role", "unknown"))``). Not agents, so no sub-agent node.
+ROLE_NAMES = frozenset({"assistant", "user", "system", "tool", "function", "unknown"})
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -325,6 +333,8 @@ class CMBAgentTracking:
         self.tracker.event(WORKFLOW, subtype=subtype, scope=self._scope(), **fields)
 
     def _report(self, subtype: str, agent: str | None, **fields: Any) -> None:
+        if agent in ROLE_NAMES:  # an unnamed message: it stays on the step itself
+            agent = None
         self.tracker.event(CALLBACK, subtype=subtype, agent_name=agent, scope=self._scope(),
                            **fields)
 
