@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.config.dictConfig(_log_config(args.verbose, args.log_json))
     try:
-        settings = Settings.from_env(dsn=args.dsn, data_dir=args.data_dir,
+        settings = Settings.from_env(dsn=args.dsn, schema=args.schema, data_dir=args.data_dir,
                                      **_command_overrides(args))
     except SettingsError as exc:
         parser.error(str(exc))
@@ -38,8 +38,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     dsn, _server = database(settings)
     if settings.migrate:
-        schema.upgrade(dsn)
-    store = Store(dsn, settings.pool_size)
+        schema.upgrade(dsn, schema=settings.schema)
+    store = Store(dsn, settings.pool_size, settings.schema)
 
     async def run() -> None:
         await _open_with_retries(store, dsn)
@@ -56,7 +56,7 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     from . import schema
 
     dsn, _server = database(settings)
-    schema.upgrade(dsn, args.revision)
+    schema.upgrade(dsn, args.revision, settings.schema)
     log.info("database %s is at %s", redact_dsn(dsn), args.revision)
     return 0
 
@@ -65,15 +65,14 @@ def _downgrade(settings: Settings, args: argparse.Namespace) -> int:
     from . import schema
 
     dsn, _server = database(settings)
-    schema.downgrade(dsn, args.revision)
+    schema.downgrade(dsn, args.revision, settings.schema)
     log.info("database %s downgraded to %s", redact_dsn(dsn), args.revision)
     return 0
 
 
 def _prune(settings: Settings, args: argparse.Namespace) -> int:
-    import asyncpg
-
     from . import prune
+    from .schema import connect
 
     if not args.older_than and not args.run:
         raise SystemExit("prune: say what to remove: --older-than AGE and/or --run ID")
@@ -84,7 +83,7 @@ def _prune(settings: Settings, args: argparse.Namespace) -> int:
     dsn, _server = database(settings)
 
     async def run() -> None:
-        connection = await asyncpg.connect(dsn)
+        connection = await connect(dsn, settings.schema)
         try:
             runs = await prune.select_runs(connection, older_than=age, run_ids=args.run)
             for candidate in runs:
@@ -161,8 +160,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cmbagent-collector",
         description="Receive cmbagent-tracking events over ZeroMQ and store them in PostgreSQL.")
-    parser.add_argument("--dsn", help="PostgreSQL URL (env CMBAGENT_DATABASE_URL); "
+    parser.add_argument("--dsn", help="PostgreSQL URL (env CMBAGENT_TRACKING_DATABASE_URL); "
                         "default: an embedded server under the data directory")
+    parser.add_argument("--schema", help="PostgreSQL schema of the tracking tables "
+                        "(env CMBAGENT_TRACKING_SCHEMA; default cmbagent_tracking)")
     parser.add_argument("--data-dir", type=Path,
                         help="state directory (env CMBAGENT_TRACKING_HOME); "
                         "default ~/.local/share/cmbagent-tracking")

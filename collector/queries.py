@@ -27,6 +27,8 @@ from typing import Any
 
 import asyncpg
 
+from .schema import connect
+
 Json = dict[str, Any]
 
 _RUNS_SQL = """
@@ -129,7 +131,7 @@ def _command(fetch: Fetch, render: Callable[[Any], str]) -> Callable[..., int]:
 
         dsn, _server = database(settings)
         try:
-            result = asyncio.run(_with_connection(dsn, fetch, args))
+            result = asyncio.run(_with_connection(dsn, settings.schema, fetch, args))
         except NotFound as exc:
             print(f"cmbagent-collector: {exc}", file=sys.stderr)
             return 1
@@ -139,9 +141,10 @@ def _command(fetch: Fetch, render: Callable[[Any], str]) -> Callable[..., int]:
     return command
 
 
-async def _with_connection(dsn: str, fetch: Fetch, args: argparse.Namespace) -> Any:
-    connection = await asyncpg.connect(dsn, server_settings={
-        "application_name": "cmbagent-collector-query", "default_transaction_read_only": "on"})
+async def _with_connection(dsn: str, schema: str, fetch: Fetch,
+                           args: argparse.Namespace) -> Any:
+    connection = await connect(dsn, schema, application_name="cmbagent-collector-query",
+                               default_transaction_read_only="on")
     try:
         return await fetch(connection, args)
     finally:

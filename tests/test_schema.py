@@ -12,9 +12,9 @@ TABLES = {"sessions", "workflow_runs", "dag_nodes", "dag_edges", "execution_even
           "cost_records", "dropped_events", "quarantine"}
 
 
-def _tables(dsn: str) -> set[str]:
+def _tables(dsn: str, schema: str = "cmbagent_tracking") -> set[str]:
     return {r["tablename"] for r in fetch(dsn, "SELECT tablename FROM pg_tables "
-                                          "WHERE schemaname = 'public'")} - {"alembic_version"}
+                                          "WHERE schemaname = $1", schema)} - {"alembic_version"}
 
 
 def _cli(*args: str) -> None:
@@ -28,7 +28,8 @@ def test_migrations_upgrade_downgrade_upgrade(empty_database: str) -> None:
     assert _tables(empty_database) == set()
     _cli("--dsn", empty_database, "migrate")
     assert _tables(empty_database) == TABLES
-    assert fetchval(empty_database, "SELECT version_num FROM alembic_version") == "0001"
+    assert _tables(empty_database, "public") == set()  # public is left to other applications
+    assert fetchval(empty_database, "SELECT version_num FROM alembic_version") == "0002"
 
 
 def test_embedded_default_starts_and_stores_events(private_dir: Path,

@@ -14,8 +14,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
+
+from collector.schema import connect
 
 from agent_shim import DisabledTracker
 from agent_shim.context import CURRENT
@@ -56,7 +57,7 @@ class ConnectionWatch:
         self._thread = threading.Thread(target=lambda: asyncio.run(self._poll()), daemon=True)
 
     async def _poll(self) -> None:
-        connection = await asyncpg.connect(self.dsn)
+        connection = await connect(self.dsn)
         try:
             self._ready.set()
             while not self._stop.is_set():
