@@ -1,9 +1,9 @@
 """Started by ``cmbagent_tracking.pth`` at interpreter start, only when CMBAGENT_COLLECTOR_URL is set.
 
-It must cost next to nothing and never raise: it does not import AG2. If ``autogen`` is already
-imported it installs the hooks now; otherwise a meta-path finder waits for the first
-``import autogen`` (whichever distribution provides it) and installs them right after that
-module has executed.
+It must cost next to nothing and never raise: it does not import AG2. For each watched module
+(``autogen``, whichever distribution provides it, and ``cmbagent``) it installs the hooks now if
+the module is already imported; otherwise a meta-path finder waits for the first import and
+installs them right after that module has executed.
 """
 
 from __future__ import annotations
@@ -12,16 +12,29 @@ import importlib.abc
 import importlib.machinery
 import sys
 from types import ModuleType
-from typing import Any, Sequence
-
-TARGET = "autogen"
+from typing import Any, Callable, Sequence
 
 
-def _install() -> None:
+def _install_ag2(module: ModuleType) -> None:
+    from agent_shim.ag2 import install
+
+    install()
+
+
+def _install_cmbagent(module: ModuleType) -> None:
+    from agent_shim.cmbagent_capture import install
+
+    install(module)
+
+
+#: Watched module -> what to install once it has executed.
+TARGETS: dict[str, Callable[[ModuleType], None]] = {
+    "autogen": _install_ag2, "cmbagent": _install_cmbagent}
+
+
+def _install(name: str, module: ModuleType) -> None:
     try:
-        from agent_shim.ag2 import install
-
-        install()
+        TARGETS[name](module)
     except Exception:  # the program must run on whatever happens here
         pass
 
@@ -29,31 +42,40 @@ def _install() -> None:
 class _InstallAfterExec(importlib.abc.Loader):
     """Delegates to the real loader, then installs the hooks."""
 
-    def __init__(self, loader: Any) -> None:
+    def __init__(self, loader: Any, name: str) -> None:
         self._loader = loader
+        self._name = name
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
         return self._loader.create_module(spec)
 
     def exec_module(self, module: ModuleType) -> None:
         self._loader.exec_module(module)
-        _install()
+        _install(self._name, module)
 
     def __getattr__(self, name: str) -> Any:  # get_resource_reader, is_package, ...
         return getattr(self._loader, name)
 
 
 class AutogenWatcher(importlib.abc.MetaPathFinder):
-    """Finds nothing itself; wraps the loader of ``autogen`` the first time it is imported."""
+    """Finds nothing itself; wraps the loader of each watched module the first time it is
+    imported, and leaves ``sys.meta_path`` once none is left to wait for."""
+
+    def __init__(self, waiting: set[str]) -> None:
+        self.waiting = waiting
 
     def find_spec(self, fullname: str, path: Sequence[str] | None,
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname != TARGET:
+        if fullname not in self.waiting:
             return None
-        _remove_watcher()
+        self.waiting.discard(fullname)
+        if not self.waiting:
+            _remove_watcher()
         spec = None
         try:
             for finder in sys.meta_path:  # the finders that would have run without us, in order
+                if finder is self:
+                    continue
                 find = getattr(finder, "find_spec", None)
                 spec = find(fullname, path, target) if find is not None else None
                 if spec is not None:
@@ -62,7 +84,7 @@ class AutogenWatcher(importlib.abc.MetaPathFinder):
             return None
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
-        spec.loader = _InstallAfterExec(spec.loader)
+        spec.loader = _InstallAfterExec(spec.loader, fullname)
         return spec
 
 
@@ -71,12 +93,17 @@ def _remove_watcher() -> None:
 
 
 def start() -> None:
-    """Install now if AG2 is loaded, else when it is first imported. Never raises."""
+    """Install now for each watched module already loaded, else when it is first imported.
+    Never raises."""
     try:
-        if TARGET in sys.modules:
-            _install()
-        elif not any(isinstance(f, AutogenWatcher) for f in sys.meta_path):
-            sys.meta_path.insert(0, AutogenWatcher())
+        waiting = set()
+        for name in TARGETS:
+            if name in sys.modules:
+                _install(name, sys.modules[name])
+            else:
+                waiting.add(name)
+        if waiting and not any(isinstance(f, AutogenWatcher) for f in sys.meta_path):
+            sys.meta_path.insert(0, AutogenWatcher(waiting))
     except Exception:
         pass
 

@@ -31,7 +31,7 @@ from .payload import snapshot
 from .wire import new_id, now_us
 
 if TYPE_CHECKING:
-    from .tracker import Record, SpanScope, Tracker
+    from .tracker import Record, Span, SpanScope, Tracker
 
 WORKFLOW = "workflow"
 """``event_type`` of the spans and events the workflow model records itself."""
@@ -171,6 +171,13 @@ class Node:
         self._attempts += 1
         return self.graph.tracker.span(WORKFLOW, subtype="attempt",
                                        meta={"attempt": self._attempts, **meta}, scope=self.scope)
+
+    def start_attempt(self, **meta: Any) -> Span:
+        """One attempt at this node's work, as an open span the caller ends."""
+        self._attempts += 1
+        return self.graph.tracker.start_span(WORKFLOW, subtype="attempt",
+                                             meta={"attempt": self._attempts, **meta},
+                                             scope=self.scope)
 
     def close(self, status: str = "completed", error: str | None = None, **meta: Any) -> None:
         """End the node and its sub-agent nodes with ``status``; ``meta`` is merged into its own.
