@@ -8,17 +8,25 @@
 #   .ci/cmbagent-versions.sh           # both
 #   .ci/cmbagent-versions.sh fork      # only the entries whose label matches
 #
-# Environment: PYTHON312 (default: python3.12 on PATH, else pyenv's newest 3.12),
+# Environment: PYTHON312 (default: pyenv's newest 3.12, else python3.12 on PATH),
 # CMBAGENT_FORK_SOURCE (default: ../shared/vendor/cmbagent-fork beside the repository),
 # CMBAGENT_MATRIX_DIR (default: a temporary directory removed at exit; set it to keep the venvs).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 FORK="${CMBAGENT_FORK_SOURCE:-$REPO/../shared/vendor/cmbagent-fork}"
-PYTHON312="${PYTHON312:-$(command -v python3.12 || ls -d "$HOME"/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | sort -V | tail -n 1 || true)}"
-if [[ -z "$PYTHON312" || ! -x "$PYTHON312" ]]; then
+python312() {  # the first candidate that really is a Python 3.12 (a pyenv shim may not be)
+  local candidate
+  for candidate in "${PYTHON312:-}" $(ls -d "$HOME"/.pyenv/versions/3.12*/bin/python3.12 \
+      2>/dev/null | sort -V -r) python3.12; do
+    if [[ -n "$candidate" ]] && "$candidate" -c \
+        'import sys; assert sys.version_info[:2] == (3, 12)' > /dev/null 2>&1; then
+      echo "$candidate"; return
+    fi
+  done
   echo "CMBAgent needs Python 3.12: set PYTHON312 to its interpreter" >&2; exit 1
-fi
+}
+PYTHON312="$(python312)"
 # label|tests|pip requirements. The release imports matplotlib without declaring it and breaks
 # with mistralai 2; the fork's list is its VENDORED.md's (crewai and langchain are optional).
 MATRIX=(
