@@ -28,9 +28,13 @@ Where things go:
   subtype is the callback's name without ``on_``). CMBAgent sends these after the fact, from the
   chat history, so they are kept apart from the captured AG2 events (``message``, ``code_exec``,
   ...), and its cost summary is not written to ``cost_records``: each LLM call already is.
+  A message CMBAgent found no agent name for is reported under its role (``assistant``,
+  ``user``, ...): it is recorded on the step, not as a sub-agent.
 - The run: the one current when the first callback comes (``tracker.run`` or, without one, the
   process's implicit run); ``on_workflow_start`` opens a run of its own when none is current,
-  and ``on_workflow_complete`` / ``on_workflow_failed`` end it.
+  and ``on_workflow_complete`` / ``on_workflow_failed`` end it. CMBAgent's phases end without a
+  callback, and the fork never calls ``on_workflow_complete``: whatever is still open is closed
+  when its run ends (the ``with`` block, or the process's exit for the implicit run).
 
 Callbacks never raise into CMBAgent (an internal error is logged); ``create_redo_branch`` does,
 on purpose, when a redo is refused or the step never ran.
@@ -46,6 +50,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
 from .context import CURRENT, Scope
+from .tracker import Span
 from .workflow import (WORKFLOW, Graph, MaxRedosExceeded, Node, RunScope, WorkflowError,
                        check_redo_allowed, graph_for)
 
@@ -66,6 +71,16 @@ CALLBACKS = (
     "on_phase_change",
 )
 
+#: What CMBAgent reports as the agent of a chat message that names none: the message's role
+#: (``msg.get("name", msg.get("role", "unknown"))``). Not agents, so no sub-agent node.
+ROLE_NAMES = frozenset({"assistant", "user", "system", "tool", "function", "unknown"})
+
+#: The callbacks that tell the workflow's structure (the rest report what happened in it).
+STRUCTURE = frozenset({
+    "on_workflow_start", "on_phase_change", "on_planning_start", "on_planning_complete",
+    "on_step_start", "on_step_complete", "on_step_failed", "on_workflow_complete",
+    "on_workflow_failed"})
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -76,6 +91,8 @@ def _never_raises(method: F) -> F:
     def wrapper(self: CMBAgentTracking, *args: Any, **kwargs: Any) -> Any:
         if not self.tracker.enabled:
             return None
+        if not self.records_structure and method.__name__ in STRUCTURE:
+            return None  # the zero-code capture records it (agent_shim.cmbagent_capture)
         try:
             return method(self, *args, **kwargs)
         except Exception:
@@ -94,7 +111,9 @@ def tracking_callbacks(tracker: Any = None, max_redos: int = 2) -> CMBAgentTrack
         tracker = activate()
     if isinstance(max_redos, bool) or not isinstance(max_redos, int) or max_redos < 0:
         raise ValueError(f"max_redos must be a non-negative integer, not {max_redos!r}")
-    return CMBAgentTracking(tracker, max_redos)
+    from .cmbagent_capture import records_structure
+
+    return CMBAgentTracking(tracker, max_redos, records_structure=not records_structure())
 
 
 def _status(info: Any) -> str | None:
@@ -104,11 +123,18 @@ def _status(info: Any) -> str | None:
 
 
 class CMBAgentTracking:
-    """One CMBAgent workflow's callbacks (see the module docstring)."""
+    """One CMBAgent workflow's callbacks (see the module docstring).
 
-    def __init__(self, tracker: Any, max_redos: int = 2) -> None:
+    With ``records_structure=False`` (the zero-code capture records the structure itself) the
+    structure callbacks do nothing and the reports land wherever the workflow is now.
+    """
+
+    def __init__(self, tracker: Any, max_redos: int | None = 2, *,
+                 records_structure: bool = True) -> None:
         self.tracker = tracker
         self.max_redos = max_redos
+        self.records_structure = records_structure
+        self._attempt: Span | None = None
         self._graph: Graph | None = None
         self._run: RunScope | None = None  # opened by on_workflow_start, ended by us
         self._outer: Scope | None = None  # the scope current before the workflow began
@@ -179,6 +205,7 @@ class CMBAgentTracking:
         if _status(step_info) == "skipped":
             self._skip(step_info)
             return
+        self._end_attempt("completed")
         self._node_of(step_info).close(
             "completed", summary=getattr(step_info, "summary", None),
             execution_time=getattr(step_info, "execution_time", None),
@@ -190,6 +217,7 @@ class CMBAgentTracking:
         if _status(step_info) == "skipped":
             self._skip(step_info)
             return
+        self._end_attempt("failed")
         self._node_of(step_info).close("failed", error=getattr(step_info, "error", None))
         self._activate()
 
@@ -219,10 +247,44 @@ class CMBAgentTracking:
         if not self.tracker.enabled:
             check_redo_allowed(step_number, redo_number, self.max_redos)
             return None
+        self._end_attempt("failed")
         self._step = self._workflow().redo(step_number, hypothesis, redo_number=redo_number,
                                            max_redos=self.max_redos)
         self._activate()
         return str(self._step.uuid)
+
+    # --- what the zero-code capture adds (CMBAgent has no callback for these) ----------------
+
+    @_never_raises
+    def end_phase(self, status: str, error: str | None = None) -> None:
+        """The current phase (and its open step) ended."""
+        self._end_step(status)
+        if self._phase is not None:
+            self._phase.close(status, error=error)
+            self._phase = None
+        self._activate()
+
+    @_never_raises
+    def begin_attempt(self, **meta: Any) -> None:
+        """A new attempt at the current step begins (a fresh ``CMBAgent()``); the one before it,
+        if any, failed. The attempt ends with the step."""
+        if self._step is None or self._step.closed:
+            return
+        self._end_attempt("failed")
+        self._attempt = self._step.start_attempt(**meta)
+        CURRENT.set(self._attempt.inner)
+
+    @_never_raises
+    def redo(self, step_number: int, hypothesis: str | None) -> None:
+        """The next redo of ``step_number``; past ``max_redos`` the refusal is recorded and the
+        step's last result stands (as CMBAgent's HITL control phase does). The attempt that
+        ran before the review had completed: the reviewer wants it done again."""
+        self._end_attempt("completed")
+        try:
+            self._step = self._workflow().redo(step_number, hypothesis, max_redos=self.max_redos)
+        except MaxRedosExceeded:
+            pass
+        self._activate()
 
     @_never_raises
     def on_workflow_complete(self, final_context: dict[str, Any], total_time: float) -> None:
@@ -294,7 +356,12 @@ class CMBAgentTracking:
             self._run_id = uuid.UUID(bytes=graph.base.run)
 
     def _scope(self) -> Scope:
-        """Where the workflow is now: the open step, else the open phase, else the run."""
+        """Where the workflow is now: the open attempt or step, else the open phase, else the
+        run."""
+        if not self.records_structure:
+            return self.tracker.scope()
+        if self._attempt is not None:
+            return self._attempt.inner
         for node in (self._step, self._phase):
             if node is not None and not node.closed:
                 return node.scope
@@ -317,14 +384,22 @@ class CMBAgentTracking:
                        getattr(step_info, "error", None) or getattr(step_info, "summary", None))
 
     def _end_step(self, status: str) -> None:
+        self._end_attempt(status)
         if self._step is not None:
             self._step.close(status)
             self._step = None
+
+    def _end_attempt(self, status: str) -> None:
+        if self._attempt is not None:
+            self.tracker.end_span(self._attempt, status=status)
+            self._attempt = None
 
     def _event(self, subtype: str, **fields: Any) -> None:
         self.tracker.event(WORKFLOW, subtype=subtype, scope=self._scope(), **fields)
 
     def _report(self, subtype: str, agent: str | None, **fields: Any) -> None:
+        if agent in ROLE_NAMES:  # an unnamed message: it stays on the step itself
+            agent = None
         self.tracker.event(CALLBACK, subtype=subtype, agent_name=agent, scope=self._scope(),
                            **fields)
 

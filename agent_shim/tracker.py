@@ -16,7 +16,7 @@ from .config import ShimSettings
 from .context import CURRENT, Scope
 from .payload import describe_error, snapshot
 from .wire import new_id, now_us
-from .workflow import DISABLED_RUN, DisabledRun, node_for_agent
+from .workflow import DISABLED_RUN, DisabledRun, close_graph, node_for_agent
 
 if TYPE_CHECKING:
     from .workflow import RunScope
@@ -62,6 +62,7 @@ class Tracker:
         self._submit = sink.submit
         self._process_scope: Scope | None = None
         self._process_run_owned = False
+        self._process_session_owned = False
         self._lock = threading.Lock()
 
     # --- where events go ------------------------------------------------------------------
@@ -81,6 +82,7 @@ class Tracker:
                     scope = Scope(run=new_id(), session=session)
                     self._submit(run_start_record(scope, task=None, meta={"implicit": True}))
                     self._process_run_owned = True
+                    self._process_session_owned = settings.session_id is None
                 self._process_scope = scope
             return self._process_scope
 
@@ -100,6 +102,11 @@ class Tracker:
              "meta": snapshot(meta), "ts": now_us()}
         )
         return session_id
+
+    def end_session(self, session_id: bytes, status: str) -> None:
+        """Record that a session this process opened has ended (``completed`` or ``failed``)."""
+        self._submit({"k": "session", "p": "point", "id": session_id, "name": None,
+                      "status": status, "meta": None, "ts": now_us()})
 
     # --- events and spans -----------------------------------------------------------------
 
@@ -214,17 +221,23 @@ class Tracker:
     def after_fork(self) -> None:
         """In a forked child: a fresh sink; the parent's implicit run stays the parent's to close."""
         self._lock = threading.Lock()
-        self._process_run_owned = False
+        self._process_run_owned = self._process_session_owned = False
         self._sink = self._sink.forked()
         self._submit = self._sink.submit
 
     def shutdown(self, timeout: float | None = None) -> bool:
-        """Close the implicit run, deliver what is pending within ``timeout``, spool the rest."""
+        """Close the implicit run (the workflow nodes still open in it, then the run and the
+        session it opened), deliver what is pending within ``timeout``, spool the rest."""
         with self._lock:
-            scope, owned = self._process_scope, self._process_run_owned
-            self._process_run_owned = False
-        if scope is not None and owned:
-            self._submit(run_end_record(scope, "completed", None))
+            scope = self._process_scope
+            run_owned, session_owned = self._process_run_owned, self._process_session_owned
+            self._process_run_owned = self._process_session_owned = False
+        if scope is not None:
+            close_graph(scope.run, "completed")
+            if run_owned:
+                self._submit(run_end_record(scope, "completed", None))
+            if session_owned and scope.session is not None:
+                self.end_session(scope.session, "completed")
         return self._sink.shutdown(self.settings.exit_timeout if timeout is None else timeout)
 
 

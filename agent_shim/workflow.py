@@ -31,7 +31,7 @@ from .payload import describe_error, snapshot
 from .wire import new_id, now_us
 
 if TYPE_CHECKING:
-    from .tracker import Record, SpanScope, Tracker
+    from .tracker import Record, Span, SpanScope, Tracker
 
 WORKFLOW = "workflow"
 """``event_type`` of the spans and events the workflow model records itself."""
@@ -171,6 +171,13 @@ class Node:
         self._attempts += 1
         return self.graph.tracker.span(WORKFLOW, subtype="attempt",
                                        meta={"attempt": self._attempts, **meta}, scope=self.scope)
+
+    def start_attempt(self, **meta: Any) -> Span:
+        """One attempt at this node's work, as an open span the caller ends."""
+        self._attempts += 1
+        return self.graph.tracker.start_span(WORKFLOW, subtype="attempt",
+                                             meta={"attempt": self._attempts, **meta},
+                                             scope=self.scope)
 
     def close(self, status: str = "completed", error: str | None = None, **meta: Any) -> None:
         """End the node and its sub-agent nodes with ``status``; ``meta`` is merged into its own.
@@ -369,6 +376,13 @@ _GRAPHS: dict[bytes, Graph] = {}
 _GRAPHS_LOCK = threading.Lock()
 
 
+def close_graph(run: bytes, status: str) -> None:
+    """Close the nodes still open in ``run``'s graph, if this process made one."""
+    graph = _GRAPHS.get(run)
+    if graph is not None:
+        graph.close(status)
+
+
 def graph_for(tracker: Tracker, scope: Scope) -> Graph:
     """The graph of ``scope``'s run, made on first use."""
     graph = _GRAPHS.get(scope.run)
@@ -397,6 +411,7 @@ class RunScope:
         self.joined = settings.run_id is not None
         self.id: bytes = settings.run_id or new_id()
         self.session_id: bytes | None = settings.session_id
+        self.owns_session = False
         self.graph: Graph | None = None
         self._token: Token[Scope | None] | None = None
 
@@ -409,8 +424,10 @@ class RunScope:
 
         outer = CURRENT.get()
         if not self.joined:
-            self.session_id = (self.session_id or (outer.session if outer else None)
-                               or self.tracker.open_session(name=self.task))
+            self.session_id = self.session_id or (outer.session if outer else None)
+            if self.session_id is None:
+                self.session_id = self.tracker.open_session(name=self.task)
+                self.owns_session = True
         scope = Scope(run=self.id, session=self.session_id)
         if not self.joined:
             self.tracker.record(run_start_record(scope, self.task, self.meta))
@@ -419,7 +436,7 @@ class RunScope:
         return self
 
     def close(self, status: str = "completed", error: str | None = None) -> None:
-        """End the run (and any node still open) with ``status``."""
+        """End the run (and any node still open, and the session it opened) with ``status``."""
         from .tracker import run_end_record
 
         if self._token is not None:
@@ -433,6 +450,8 @@ class RunScope:
             self.graph = None
             if not self.joined:
                 self.tracker.record(run_end_record(Scope(self.id, self.session_id), status, error))
+            if self.owns_session and self.session_id is not None:
+                self.tracker.end_session(self.session_id, status)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from agent_shim.config import ShimSettings
+from collector.schema import connect
 
 DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -135,7 +134,7 @@ def run(coroutine: Any) -> Any:
 
 
 async def _execute(dsn: str, sql: str) -> None:
-    connection = await asyncpg.connect(dsn)
+    connection = await connect(dsn)
     try:
         await connection.execute(sql)
     finally:
@@ -143,7 +142,7 @@ async def _execute(dsn: str, sql: str) -> None:
 
 
 async def _fetchval(dsn: str, sql: str, *args: Any) -> Any:
-    connection = await asyncpg.connect(dsn)
+    connection = await connect(dsn)
     try:
         return await connection.fetchval(sql, *args)
     finally:

@@ -107,9 +107,9 @@ def agent_with_collector_down(bench: Bench) -> Result:
 async def _lock_events(dsn: str, release: threading.Event) -> None:
     import asyncio
 
-    import asyncpg
+    from collector.schema import connect
 
-    connection = await asyncpg.connect(dsn)
+    connection = await connect(dsn)
     try:
         async with connection.transaction():
             await connection.execute("LOCK TABLE execution_events IN ACCESS EXCLUSIVE MODE")
@@ -156,9 +156,9 @@ def collector_overloaded(bench: Bench) -> Result:
 
 
 async def _count(dsn: str) -> Any:
-    import asyncpg
+    from collector.schema import connect
 
-    connection = await asyncpg.connect(dsn)
+    connection = await connect(dsn)
     try:
         return await connection.fetchval(
             "SELECT count(*) FROM execution_events WHERE event_type = 'message'")

@@ -23,7 +23,7 @@ import time
 import uuid
 from typing import Any
 
-import asyncpg
+from collector.schema import connect
 
 from .harness import Bench, run as run_async
 from .report import Result
@@ -98,7 +98,7 @@ GENERATE = [
 
 async def _ensure_data(dsn: str) -> bool:
     """Generate the data set unless it is there; ``True`` if it was generated now."""
-    connection = await asyncpg.connect(dsn)
+    connection = await connect(dsn)
     try:
         if await connection.fetchval("SELECT count(*) FROM workflow_runs") == RUNS and \
                 await connection.fetchval("SELECT count(*) FROM cost_records") > 0:
@@ -121,7 +121,7 @@ def _id(name: str) -> uuid.UUID:
 async def _time_reads(dsn: str, samples: int, blocks: int) -> dict[str, list[list[float]]]:
     from collector import reads
 
-    connection = await asyncpg.connect(dsn)
+    connection = await connect(dsn)
     rng = random.Random(7)
 
     async def tree() -> Any:

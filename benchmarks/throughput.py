@@ -74,9 +74,9 @@ def run_producers(bench: Bench, url: str, count: int) -> dict[str, float]:
 
 
 async def _dump(dsn: str, path: str, runs: list[Any]) -> int:
-    import asyncpg
+    from collector.schema import connect
 
-    connection = await asyncpg.connect(dsn)
+    connection = await connect(dsn)
     try:
         await connection.copy_from_query(
             f"SELECT {COLUMNS} FROM execution_events WHERE run_id = ANY($1::uuid[]) "
@@ -89,9 +89,9 @@ async def _dump(dsn: str, path: str, runs: list[Any]) -> int:
 
 
 async def _runs(dsn: str) -> set[Any]:
-    import asyncpg
+    from collector.schema import connect
 
-    connection = await asyncpg.connect(dsn)
+    connection = await connect(dsn)
     try:
         return {r["id"] for r in await connection.fetch("SELECT id FROM workflow_runs")}
     finally:

@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.config.dictConfig(_log_config(args.verbose, args.log_json))
     try:
-        settings = Settings.from_env(dsn=args.dsn, data_dir=args.data_dir,
+        settings = Settings.from_env(dsn=args.dsn, schema=args.schema, data_dir=args.data_dir,
                                      **_command_overrides(args))
     except SettingsError as exc:
         parser.error(str(exc))
@@ -45,8 +45,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     dsn, _server = database(settings)
     _run_async(_with_retries(lambda: _probe(dsn), dsn))
     if settings.migrate:
-        schema.upgrade(dsn)
-    store = Store(dsn, settings.pool_size)
+        schema.upgrade(dsn, schema=settings.schema)
+    store = Store(dsn, settings.pool_size, settings.schema)
 
     async def run() -> None:
         await _with_retries(store.open, dsn)
@@ -55,7 +55,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             ingest = OtlpIngest(store, collector.metrics)
             async with _http(settings, dsn, readiness=collector.readiness,
                              metrics=collector.metrics, routes=ingest.add_routes), \
-                    following(args, dsn, collector.metrics):
+                    following(args, dsn, settings.schema, collector.metrics):
                 await collector.serve()
         finally:
             await store.close()
@@ -98,14 +98,15 @@ def _http(settings: Settings, dsn: str, **probes: Any) -> AbstractAsyncContextMa
         return nullcontext()
     from .web import serving
 
-    return serving(settings.http_bind, dsn, token=settings.http_token, **probes)
+    return serving(settings.http_bind, dsn, schema=settings.schema, token=settings.http_token,
+                   **probes)
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     from . import schema
 
     dsn, _server = database(settings)
-    schema.upgrade(dsn, args.revision)
+    schema.upgrade(dsn, args.revision, settings.schema)
     log.info("database %s is at %s", redact_dsn(dsn), args.revision)
     return 0
 
@@ -114,15 +115,14 @@ def _downgrade(settings: Settings, args: argparse.Namespace) -> int:
     from . import schema
 
     dsn, _server = database(settings)
-    schema.downgrade(dsn, args.revision)
+    schema.downgrade(dsn, args.revision, settings.schema)
     log.info("database %s downgraded to %s", redact_dsn(dsn), args.revision)
     return 0
 
 
 def _prune(settings: Settings, args: argparse.Namespace) -> int:
-    import asyncpg
-
     from . import prune
+    from .schema import connect
 
     if not (args.older_than or args.run or args.quarantine_older_than):
         raise SystemExit("prune: say what to remove: --older-than AGE and/or --run ID, "
@@ -135,7 +135,7 @@ def _prune(settings: Settings, args: argparse.Namespace) -> int:
     dsn, _server = database(settings)
 
     async def run() -> None:
-        connection = await asyncpg.connect(dsn)
+        connection = await connect(dsn, settings.schema)
         try:
             if age or args.run:
                 await _prune_runs(connection, age, args)
@@ -253,8 +253,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cmbagent-collector",
         description="Receive cmbagent-tracking events over ZeroMQ and store them in PostgreSQL.")
-    parser.add_argument("--dsn", help="PostgreSQL URL (env CMBAGENT_DATABASE_URL); "
+    parser.add_argument("--dsn", help="PostgreSQL URL (env CMBAGENT_TRACKING_DATABASE_URL); "
                         "default: an embedded server under the data directory")
+    parser.add_argument("--schema", help="PostgreSQL schema of the tracking tables "
+                        "(env CMBAGENT_TRACKING_SCHEMA; default cmbagent_tracking)")
     parser.add_argument("--data-dir", type=Path,
                         help="state directory (env CMBAGENT_TRACKING_HOME); "
                         "default ~/.local/share/cmbagent-tracking")

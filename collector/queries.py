@@ -19,6 +19,7 @@ import asyncpg
 
 from . import reads
 from .reads import Json, NotFound
+from .schema import connect
 
 # --- commands --------------------------------------------------------------------------------
 
@@ -85,7 +86,7 @@ def _command(fetch: Fetch, render: Callable[[Any], str]) -> Callable[..., int]:
 
         dsn, _server = database(settings)
         try:
-            result = asyncio.run(_with_connection(dsn, fetch, args))
+            result = asyncio.run(_with_connection(dsn, settings.schema, fetch, args))
         except NotFound as exc:
             print(f"cmbagent-collector: {exc}", file=sys.stderr)
             return 1
@@ -95,8 +96,9 @@ def _command(fetch: Fetch, render: Callable[[Any], str]) -> Callable[..., int]:
     return command
 
 
-async def _with_connection(dsn: str, fetch: Fetch, args: argparse.Namespace) -> Any:
-    connection = await asyncpg.connect(dsn, server_settings=reads.READ_ONLY)
+async def _with_connection(dsn: str, schema: str, fetch: Fetch,
+                           args: argparse.Namespace) -> Any:
+    connection = await connect(dsn, schema, **reads.READ_ONLY)
     try:
         return await fetch(connection, args)
     finally:

@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 BIND = "CMBAGENT_COLLECTOR_BIND"
-DATABASE_URL = "CMBAGENT_DATABASE_URL"
+DATABASE_URL = "CMBAGENT_TRACKING_DATABASE_URL"
+#: The collector's old DSN variable: still read, with a warning, because CMBAgent's own database
+#: layer reads it too and would then write its tables into our database.
+LEGACY_DATABASE_URL = "CMBAGENT_DATABASE_URL"
+SCHEMA = "CMBAGENT_TRACKING_SCHEMA"
+DEFAULT_SCHEMA = "cmbagent_tracking"
 TRACKING_HOME = "CMBAGENT_TRACKING_HOME"
 HTTP_BIND = "CMBAGENT_HTTP_BIND"
 METRICS_BIND = "CMBAGENT_METRICS_BIND"  # the older name of HTTP_BIND, still honoured
 HTTP_TOKEN = "CMBAGENT_HTTP_TOKEN"
 CURVE_SECRET_KEY_FILE = "CMBAGENT_CURVE_SECRET_KEY_FILE"
 CURVE_ALLOW_DIR = "CMBAGENT_CURVE_ALLOW_DIR"
+
+
+log = logging.getLogger("collector")
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 def default_data_dir() -> Path:
@@ -33,6 +45,7 @@ class Settings:
 
     bind: tuple[str, ...] = ("tcp://127.0.0.1:5555",)
     dsn: str | None = None
+    schema: str = DEFAULT_SCHEMA  # the PostgreSQL schema that holds every table of ours
     data_dir: Path = field(default_factory=default_data_dir)
     migrate: bool = True
     max_frame_bytes: int = 8 * 1024 * 1024  # larger frames are quarantined (reason "oversize")
@@ -59,6 +72,10 @@ class Settings:
                     f"bind endpoint {endpoint!r} is not a ZeroMQ endpoint; "
                     "use tcp://HOST:PORT or ipc:///path"
                 )
+        if not _SCHEMA_NAME.fullmatch(self.schema):
+            raise SettingsError(
+                f"schema {self.schema!r} is not a plain PostgreSQL name; use lower-case letters, "
+                "digits and underscores, not starting with a digit (default cmbagent_tracking)")
         if self.max_message_bytes < self.max_frame_bytes:
             raise SettingsError(f"--max-message-bytes ({self.max_message_bytes}) must be at least "
                                 f"the protocol's frame limit ({self.max_frame_bytes})")
@@ -102,6 +119,13 @@ class Settings:
             values["http_bind"] = http_bind
         if os.environ.get(HTTP_TOKEN):
             values["http_token"] = os.environ[HTTP_TOKEN]
+        elif os.environ.get(LEGACY_DATABASE_URL):
+            log.warning("%s is CMBAgent's own database variable; set %s for the collector "
+                        "instead (the old name is still read, for now)",
+                        LEGACY_DATABASE_URL, DATABASE_URL)
+            values["dsn"] = os.environ[LEGACY_DATABASE_URL]
+        if os.environ.get(SCHEMA):
+            values["schema"] = os.environ[SCHEMA]
         for name, variable in (("curve_secret_key_file", CURVE_SECRET_KEY_FILE),
                                ("curve_allow_dir", CURVE_ALLOW_DIR)):
             if os.environ.get(variable):
@@ -115,7 +139,8 @@ class Settings:
 
     def __repr__(self) -> str:
         dsn = redact_dsn(self.dsn) if self.dsn else "embedded"
-        return f"Settings(bind={self.bind}, dsn={dsn!r}, data_dir='{self.data_dir}')"
+        return (f"Settings(bind={self.bind}, dsn={dsn!r}, schema={self.schema!r}, "
+                f"data_dir='{self.data_dir}')")
 
 
 def is_loopback(host: str) -> bool:

@@ -24,6 +24,8 @@ from typing import Any
 import asyncpg
 
 from .pipeline import QUARANTINE_PAYLOAD_BYTES, Decoded, Quarantined, Refusals
+from .schema import server_settings
+from .settings import DEFAULT_SCHEMA
 from .tables import RUNS, WRITE_ORDER, Row, Table, clean_text
 
 log = logging.getLogger(__name__)
@@ -69,15 +71,16 @@ def is_data_error(exc: BaseException) -> bool:
 class Store:
     """Writes decoded frames; the only holder of database connections."""
 
-    def __init__(self, dsn: str, pool_size: int = 4) -> None:
+    def __init__(self, dsn: str, pool_size: int = 4, schema: str = DEFAULT_SCHEMA) -> None:
         self._dsn = dsn
         self._pool_size = pool_size
+        self._schema = schema
         self._pool: asyncpg.Pool | None = None
 
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(
             self._dsn, min_size=1, max_size=self._pool_size, init=_prepare_connection,
-            command_timeout=60,
+            command_timeout=60, server_settings=server_settings(self._schema),
         )
 
     async def close(self) -> None:

@@ -10,7 +10,8 @@
 -- then give both roles passwords without putting them in the shell history:
 --   psql -d postgres -c '\password cmbagent_owner'
 --   psql -d postgres -c '\password cmbagent_collector'
--- Re-running only the part after \connect (re)grants on tables that exist already.
+-- Re-running the part after \connect (without its CREATE SCHEMA) (re)grants on tables that
+-- exist already.
 
 CREATE ROLE cmbagent_owner LOGIN;
 CREATE ROLE cmbagent_collector LOGIN;
@@ -21,17 +22,18 @@ GRANT CONNECT, TEMPORARY ON DATABASE cmbagent_tracking TO cmbagent_collector;
 
 \connect cmbagent_tracking
 
--- The migrations create their tables (and alembic_version) in "public": the owner owns it and
--- nobody else may create objects there (PostgreSQL before 15 lets every role do so).
-ALTER SCHEMA public OWNER TO cmbagent_owner;
-REVOKE ALL ON SCHEMA public FROM PUBLIC;
-GRANT USAGE ON SCHEMA public TO cmbagent_collector;
+-- The migrations create their tables (and alembic_version) in the schema cmbagent_tracking (the
+-- collector's --schema default; keep both names equal). The owner owns it, the collector may use
+-- it, and nobody else may create objects in public (PostgreSQL before 15 lets every role do so).
+CREATE SCHEMA cmbagent_tracking AUTHORIZATION cmbagent_owner;
+GRANT USAGE ON SCHEMA cmbagent_tracking TO cmbagent_collector;
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 
 -- Rows: what exists now, and whatever the owner's later migrations create. Sequences: nextval
 -- for execution_order and the quarantine ids (USAGE, not UPDATE: no setval).
-GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO cmbagent_collector;
-GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO cmbagent_collector;
-ALTER DEFAULT PRIVILEGES FOR ROLE cmbagent_owner IN SCHEMA public
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA cmbagent_tracking TO cmbagent_collector;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA cmbagent_tracking TO cmbagent_collector;
+ALTER DEFAULT PRIVILEGES FOR ROLE cmbagent_owner IN SCHEMA cmbagent_tracking
     GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO cmbagent_collector;
-ALTER DEFAULT PRIVILEGES FOR ROLE cmbagent_owner IN SCHEMA public
+ALTER DEFAULT PRIVILEGES FOR ROLE cmbagent_owner IN SCHEMA cmbagent_tracking
     GRANT USAGE ON SEQUENCES TO cmbagent_collector;

@@ -20,6 +20,10 @@ from .support import CollectorProcess, execute, new_name
 
 MACHINE_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
+#: Run against the real CMBAgent, each in a Python 3.12 virtualenv of its own, by
+#: .ci/cmbagent-versions.sh (from inside their folder, which keeps this file out).
+collect_ignore = ["cmbagent_fork", "cmbagent_released"]
+
 
 def _machine_postgres_answers() -> bool:
     if os.environ.get("CMBAGENT_TEST_POSTGRES") == "embedded":  # as on a machine without one

@@ -19,6 +19,8 @@ from typing import Any, Literal, overload
 
 import asyncpg
 
+from collector.schema import connect
+
 HERE = Path(__file__).parent
 PROGRAMS = HERE / "programs.py"
 
@@ -42,7 +44,7 @@ def run_async(coroutine: Any) -> Any:
 
 def fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
     async def run() -> list[asyncpg.Record]:
-        connection = await asyncpg.connect(dsn)
+        connection = await connect(dsn)
         try:
             return await connection.fetch(sql, *args)
         finally:
@@ -83,7 +85,7 @@ def fetchval(dsn: str, sql: str, *args: Any) -> Any:
 def execute(dsn: str, *statements: str) -> None:
     """Run statements one by one (each in its own transaction, as CREATE DATABASE needs)."""
     async def run() -> None:
-        connection = await asyncpg.connect(dsn)
+        connection = await connect(dsn)
         try:
             for statement in statements:
                 await connection.execute(statement)
@@ -114,6 +116,7 @@ class CollectorProcess:
     http: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")  # web view and probes
     process: subprocess.Popen[bytes] | None = None
     extra: tuple[str, ...] = ()
+    schema: str | None = None  # the collector's default unless given
 
     @property
     def url(self) -> str:
@@ -121,6 +124,7 @@ class CollectorProcess:
 
     def start(self) -> CollectorProcess:
         dsn = ("--dsn", self.dsn) if self.dsn else ()
+        dsn += ("--schema", self.schema) if self.schema else ()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log = (self.data_dir / f"collector-{self.port}.log").open("ab")
         self.process = subprocess.Popen(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable, Optional
@@ -11,6 +12,7 @@ from typing import Any, Callable, Optional
 import pytest
 
 from agent_shim import DisabledTracker
+from agent_shim.config import ShimSettings
 from agent_shim.cmbagent import CALLBACKS, MaxRedosExceeded, WorkflowError, tracking_callbacks
 from agent_shim.context import CURRENT
 from agent_shim.testing import RecordingSink, recording_tracker
@@ -150,7 +152,7 @@ def test_the_lifecycle_becomes_one_run_with_phases_steps_and_a_redo(recorded) ->
     sink, tracking = recorded
     runs = sink.of("run")
     assert [(r["p"], r["status"]) for r in runs] == [("start", "running"), ("end", "completed")]
-    assert runs[0]["task"] == "Fit H0" and len(sink.of("session")) == 1
+    assert runs[0]["task"] == "Fit H0" and len({s["id"] for s in sink.of("session")}) == 1
     assert tracking.run_id.bytes == runs[0]["id"]
     starts = sink.of("node", p="start")
     assert [(n["name"], n["node_type"]) for n in starts if n["depth"] == 0] == [
@@ -233,7 +235,7 @@ def test_without_a_workflow_start_the_current_run_is_used() -> None:
         tracker.event("message", agent_name="engineer")
         tracking.on_step_complete(StepInfo(1, "g", "g", StepStatus.COMPLETED))
         assert tracking.run_id == run.uuid
-    assert len(sink.of("run", p="start")) == 1 and len(sink.of("session")) == 1
+    assert len(sink.of("run", p="start")) == 1 and len({s["id"] for s in sink.of("session")}) == 1
     assert {n["run"] for n in sink.of("node")} == {run.id}
     # The phase CMBAgent never closes is closed with the run.
     assert len(sink.of("node", p="end")) == 3
@@ -255,3 +257,72 @@ def test_capture_off_callbacks_do_nothing_but_max_redos_still_holds() -> None:
     with pytest.raises(MaxRedosExceeded):
         tracking.create_redo_branch(2, 2, "h")
     assert tracking.run_id is None and CURRENT.get() is None
+
+
+def _fork_control_phase(cb: WorkflowCallbacks, tracker: Any) -> None:
+    """The fork's control phase as its PhaseExecutionManager reports it: the phase and each step
+    announced, no callback when the phase or the workflow ends, and the chat history replayed
+    with ``msg.get("name", msg.get("role"))`` as the agent."""
+    cb.on_phase_change("control", None)
+    for number in (1, 2):
+        cb.on_phase_change("control", number)
+        cb.on_step_start(StepInfo(number, f"goal {number}", f"goal {number}", StepStatus.RUNNING))
+        tracker.event("message", agent_name="engineer")
+        cb.on_agent_message("engineer", "assistant", "named", {"step": number})
+        cb.on_agent_message("assistant", "assistant", "unnamed", {"step": number})
+        cb.on_agent_message("user", "user", "the task", {"step": number})
+        cb.on_code_execution("assistant", "print(1)", "python", None)
+        cb.on_step_complete(StepInfo(number, "done", "done", StepStatus.COMPLETED))
+
+
+def test_what_the_fork_leaves_open_closes_with_the_implicit_run() -> None:
+    tracker, sink = recording_tracker()
+    _fork_control_phase(merge_callbacks(tracking_callbacks(tracker)), tracker)
+    control = sink.of("node", p="start", name="control")[0]
+    assert sink.of("node", p="end", id=control["id"]) == []  # the fork never said it ended
+    tracker.shutdown(0)
+    assert [n["status"] for n in sink.of("node", p="end", id=control["id"])] == ["completed"]
+    assert [r["status"] for r in sink.of("run", p="end")] == ["completed"]
+    starts = {n["id"] for n in sink.of("node", p="start")}
+    assert starts == {n["id"] for n in sink.of("node", p="end")}  # every node closed, once
+    assert len(sink.of("node", p="end")) == len(starts)
+
+
+def test_unnamed_messages_stay_on_the_step_not_a_pseudo_agent() -> None:
+    tracker, sink = recording_tracker()
+    with tracker.run("fit"):
+        _fork_control_phase(merge_callbacks(tracking_callbacks(tracker)), tracker)
+    agents = [(n["name"], n["depth"]) for n in sink.of("node", p="start", node_type="sub_agent")]
+    assert agents == [("engineer", 1), ("engineer", 1)]  # one per step; no assistant, no user
+    steps = {n["id"]: n["name"] for n in sink.of("node", p="start", node_type="step")}
+    unnamed = [e for e in sink.of("event", type="callback") if e["agent"] is None]
+    assert [(e["subtype"], e["inputs"].get("role"), steps[e["node"]]) for e in unnamed] == [
+        (subtype, role, step) for step in ("step_1", "step_2")
+        for subtype, role in (("agent_message", "assistant"), ("agent_message", "user"),
+                              ("code_execution", None))]
+
+
+@pytest.mark.parametrize("outcome", ["completed", "failed"])
+def test_the_session_a_run_opened_ends_with_the_run(outcome: str) -> None:
+    tracker, sink = recording_tracker()
+    with pytest.raises(RuntimeError) if outcome == "failed" else nullcontext():
+        with tracker.run("fit") as run:
+            with tracker.run("nested") as nested:  # same session: it does not end it
+                assert nested.session_id == run.session_id
+            assert [s["status"] for s in sink.of("session")] == ["active"]
+            if outcome == "failed":
+                raise RuntimeError("diverged")
+    assert [(s["id"], s["status"]) for s in sink.of("session")] == [
+        (run.session_id, "active"), (run.session_id, outcome)]
+
+
+def test_the_implicit_session_ends_at_exit_unless_it_was_given() -> None:
+    tracker, sink = recording_tracker()
+    tracker.event("message", agent_name="engineer")
+    tracker.shutdown(0)
+    assert [s["status"] for s in sink.of("session")] == ["active", "completed"]
+    given = ShimSettings(collector_urls=("inproc://recording",), session_id=b"s" * 16)
+    tracker, sink = recording_tracker(given)
+    tracker.event("message", agent_name="engineer")
+    tracker.shutdown(0)
+    assert sink.of("session") == [] and len(sink.of("run", p="end")) == 1

@@ -106,7 +106,7 @@ def test_env_file_example_is_plain_key_value() -> None:
             key, _, value = line.partition("=")
             assert known.match(key) and value and not value.startswith(("'", '"')), line
             names.add(key)
-    assert {"CMBAGENT_COLLECTOR_BIND", "CMBAGENT_DATABASE_URL", "CMBAGENT_METRICS_BIND",
+    assert {"CMBAGENT_COLLECTOR_BIND", "CMBAGENT_TRACKING_DATABASE_URL", "CMBAGENT_METRICS_BIND",
             "CMBAGENT_CURVE_SECRET_KEY_FILE", "CMBAGENT_CURVE_ALLOW_DIR"} <= names
 
 
@@ -187,7 +187,7 @@ def test_compose_starts_postgres_then_the_collector() -> None:
     assert (DEPLOY / ".." / collector["build"]["dockerfile"]).is_file()
     assert collector["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     assert collector["command"] == ["serve"]  # migrates at start
-    dsn = urlsplit(collector["environment"]["CMBAGENT_DATABASE_URL"])
+    dsn = urlsplit(collector["environment"]["CMBAGENT_TRACKING_DATABASE_URL"])
     assert (dsn.scheme, dsn.hostname, dsn.username) == ("postgresql", "postgres",
                                                        "cmbagent_owner")
     assert all(p.startswith("127.0.0.1:") for p in collector["ports"])
@@ -201,10 +201,10 @@ def test_compose_least_privilege_override_splits_the_roles() -> None:
     services = compose("compose.least-privilege.yaml")["services"]
     migrate, collector = services["migrate"], services["collector"]
     assert migrate["command"] == ["migrate"]
-    assert "cmbagent_owner:" in migrate["environment"]["CMBAGENT_DATABASE_URL"]
+    assert "cmbagent_owner:" in migrate["environment"]["CMBAGENT_TRACKING_DATABASE_URL"]
     assert migrate["depends_on"]["postgres"] == {"condition": "service_healthy"}
     assert collector["command"] == ["serve", "--no-migrate"]
-    assert "cmbagent_collector:" in collector["environment"]["CMBAGENT_DATABASE_URL"]
+    assert "cmbagent_collector:" in collector["environment"]["CMBAGENT_TRACKING_DATABASE_URL"]
     assert collector["depends_on"] == {
         "migrate": {"condition": "service_completed_successfully"}}
 
@@ -254,10 +254,11 @@ def test_healthcheck_follows_readyz(readiness_server: tuple) -> None:
 # --- least-privilege roles, on a real PostgreSQL -----------------------------------------------
 
 def role_script(names: dict[str, str]) -> tuple[list[str], list[str]]:
-    """deploy/postgres-roles.sql with the names replaced: (cluster statements, database ones)."""
+    """deploy/postgres-roles.sql with the role and database names replaced (schema names stay:
+    the schema lives inside the test's own database): (cluster statements, database ones)."""
     text = (DEPLOY / "postgres-roles.sql").read_text()
     for old, new in names.items():
-        text = re.sub(rf"\b{old}\b", new, text)
+        text = re.sub(rf"(?<!SCHEMA )\b{old}\b", new, text)
     text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
     cluster, database = re.split(r"^\\connect \w+$", text, flags=re.M)
 
@@ -304,8 +305,9 @@ def test_least_privilege_roles_run_the_collector(postgres_admin: str, tmp_path: 
         collector = None
 
         # ... and nothing beyond rows.
-        for statement in ["CREATE TABLE intruder (x int)", "DROP TABLE quarantine",
-                          "ALTER TABLE sessions ADD COLUMN x int", "TRUNCATE execution_events"]:
+        for statement in ["CREATE TABLE intruder (x int)", "CREATE TABLE public.intruder (x int)",
+                          "DROP TABLE quarantine", "ALTER TABLE sessions ADD COLUMN x int",
+                          "TRUNCATE execution_events"]:
             with pytest.raises((asyncpg.InsufficientPrivilegeError,
                                 asyncpg.InvalidSchemaNameError)):
                 execute(collector_dsn, statement)

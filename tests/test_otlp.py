@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -28,6 +27,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from collector import reads
+from collector.schema import connect
 from collector.otlp import convention
 from collector.otlp.export import requests
 from collector.otlp.spans import run_spans
@@ -78,7 +78,7 @@ def export(dsn: str, run: uuid.UUID, url: str, *args: str) -> str:
 def stored(dsn: str, run: uuid.UUID) -> dict[str, Any]:
     """The run as the read side shows it, plus every event and cost row."""
     async def read() -> dict[str, Any]:
-        connection = await asyncpg.connect(dsn)
+        connection = await connect(dsn)
         try:
             events = [{k: v for k, v in dict(r).items() if k != "execution_order"}
                       for r in await connection.fetch(
@@ -152,7 +152,7 @@ def test_export_maps_the_conventions_and_leaves_content_out_unless_asked(
     async def spans_of(content: bool) -> list[Span]:
         from collector.otlp.export import load_run
 
-        connection = await asyncpg.connect(dsn)
+        connection = await connect(dsn)
         try:
             return run_spans(await load_run(connection, run), content=content)
         finally:

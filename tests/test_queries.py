@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 
 from collector import reads
+from collector.schema import connect
 
 from .support import CollectorProcess
 
@@ -215,7 +216,7 @@ def _fill(dsn: str, events: int, runs: int) -> uuid.UUID:
     """
 
     async def run() -> None:
-        connection = await asyncpg.connect(dsn)
+        connection = await connect(dsn)
         try:
             await connection.execute(sql)
             await connection.execute("VACUUM execution_events")
@@ -240,7 +241,7 @@ def test_a_runs_tree_and_timeline_page_take_milliseconds_among_a_million_events(
     run = _fill(database, events=1_000_000, runs=100)
 
     async def measure() -> dict[str, float]:
-        connection = await asyncpg.connect(database)
+        connection = await connect(database)
         try:
             assert await connection.fetchval("SELECT count(*) FROM execution_events") == 1_000_000
             return {

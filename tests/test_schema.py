@@ -14,9 +14,9 @@ TABLES = {"sessions", "workflow_runs", "dag_nodes", "dag_edges", "execution_even
           "cost_records", "dropped_events", "quarantine", "otlp_exports"}
 
 
-def _tables(dsn: str) -> set[str]:
+def _tables(dsn: str, schema: str = "cmbagent_tracking") -> set[str]:
     return {r["tablename"] for r in fetch(dsn, "SELECT tablename FROM pg_tables "
-                                          "WHERE schemaname = 'public'")} - {"alembic_version"}
+                                          "WHERE schemaname = $1", schema)} - {"alembic_version"}
 
 
 def _cli(*args: str) -> None:
@@ -30,6 +30,7 @@ def test_migrations_upgrade_downgrade_upgrade(empty_database: str) -> None:
     assert _tables(empty_database) == set()
     _cli("--dsn", empty_database, "migrate")
     assert _tables(empty_database) == TABLES
+    assert _tables(empty_database, "public") == set()  # public is left to other applications
     assert fetchval(empty_database, "SELECT version_num FROM alembic_version") \
         == schema.head_revision()
 

@@ -46,7 +46,8 @@ def _endpoint_flags(parser: argparse.ArgumentParser, prefix: str) -> None:
 
 
 @asynccontextmanager
-async def following(args: argparse.Namespace, dsn: str, metrics: Metrics) -> AsyncIterator[None]:
+async def following(args: argparse.Namespace, dsn: str, schema: str,
+                    metrics: Metrics) -> AsyncIterator[None]:
     """While the block runs, the continuous export ``serve`` was asked for, if any."""
     if not args.export_otlp:
         yield
@@ -55,7 +56,8 @@ async def following(args: argparse.Namespace, dsn: str, metrics: Metrics) -> Asy
         endpoint = Endpoint.parse(args.export_otlp, args.export_header, args.export_service_name)
     except ValueError as exc:
         raise SystemExit(f"serve --export-header: {exc}") from None
-    task = asyncio.create_task(Follower(dsn, endpoint, metrics, content=args.export_content).run())
+    task = asyncio.create_task(Follower(dsn, schema, endpoint, metrics,
+                                            content=args.export_content).run())
     try:
         yield
     finally:
@@ -73,7 +75,8 @@ def _export(settings: Any, args: argparse.Namespace) -> int:
         raise SystemExit(f"export: {exc}") from None
     dsn, _server = database(settings)
     try:
-        sent = asyncio.run(export_runs(dsn, args.runs, endpoint, content=args.content))
+        sent = asyncio.run(export_runs(dsn, settings.schema, args.runs, endpoint,
+                                       content=args.content))
     except (NotFound, ExportError) as exc:
         raise SystemExit(f"export: {exc}") from None
     print(f"exported {len(args.runs)} run(s), {sent} spans, to {endpoint.url}")

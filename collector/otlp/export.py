@@ -19,6 +19,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from ..reads import NotFound
+from ..schema import connect
 from . import convention as c
 from .spans import StoredRun, run_spans
 
@@ -151,12 +152,11 @@ def _warn_partial(content_type: str, answer: bytes) -> None:
                     response.partial_success.error_message)
 
 
-async def export_runs(dsn: str, runs: Iterable[uuid.UUID], endpoint: Endpoint, *,
+async def export_runs(dsn: str, schema: str, runs: Iterable[uuid.UUID], endpoint: Endpoint, *,
                       content: bool = False, max_bytes: int = MAX_REQUEST_BYTES) -> int:
     """Send each run's ended spans to ``endpoint``; the number of spans sent."""
     sent = 0
-    connection = await asyncpg.connect(dsn, server_settings={"application_name":
-                                                             "cmbagent-collector-export"})
+    connection = await connect(dsn, schema, application_name="cmbagent-collector-export")
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
             for run in runs:

@@ -19,9 +19,10 @@ import aiohttp
 import asyncpg
 from prometheus_client import Counter, Gauge
 
-from ..metrics import Metrics
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from prometheus_client import Counter, Gauge
+
+from ..metrics import Metrics
+from ..schema import connect
 
 from .export import Endpoint, ExportError, load_run, requests, send
 from .spans import StoredRun, run_spans
@@ -52,9 +53,10 @@ SET exported_order = GREATEST(otlp_exports.exported_order, EXCLUDED.exported_ord
 class Follower:
     """Follows the store's ended runs and sends them to one endpoint."""
 
-    def __init__(self, dsn: str, endpoint: Endpoint, metrics: Metrics, *,
+    def __init__(self, dsn: str, schema: str, endpoint: Endpoint, metrics: Metrics, *,
                  content: bool = False, poll_seconds: float = POLL_SECONDS) -> None:
         self.dsn = dsn
+        self.schema = schema
         self.endpoint = endpoint
         self.content = content
         self.poll_seconds = poll_seconds
@@ -79,8 +81,9 @@ class Follower:
                 while True:
                     try:
                         if connection is None or connection.is_closed():
-                            connection = await asyncpg.connect(self.dsn, server_settings={
-                                "application_name": "cmbagent-collector-export"})
+                            connection = await connect(
+                                self.dsn, self.schema,
+                                application_name="cmbagent-collector-export")
                         await self._send_due(connection, session)
                         backoff = self.poll_seconds
                     except (ExportError, OSError, asyncpg.PostgresError,

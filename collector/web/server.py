@@ -29,6 +29,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import reads
 from ..metrics import Metrics
+from ..schema import server_settings
+from ..settings import DEFAULT_SCHEMA
 from . import api
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,8 @@ SECURITY_HEADERS = {
 
 
 @asynccontextmanager
-async def serving(bind: str, dsn: str, *, token: str | None = None,
+async def serving(bind: str, dsn: str, *, schema: str = DEFAULT_SCHEMA,
+                  token: str | None = None,
                   readiness: Readiness | None = None,
                   metrics: Metrics | None = None,
                   routes: Routes | None = None) -> AsyncIterator[None]:
@@ -64,7 +67,8 @@ async def serving(bind: str, dsn: str, *, token: str | None = None,
     schema this collector reads. Without ``metrics`` there is no ``/metrics``.
     """
     pool = await asyncpg.create_pool(dsn, min_size=0, max_size=4,
-                                      server_settings=reads.READ_ONLY)
+                                      server_settings={**server_settings(schema),
+                                                       **reads.READ_ONLY})
     app = make_app(pool, token=token, readiness=readiness or _schema_readiness(pool),
                    metrics=metrics, routes=routes)
     runner = web.AppRunner(app, access_log=None, max_line_size=MAX_HEADER_BYTES,

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from collector.otlp import convention
+from collector.schema import connect
 from collector.otlp.export import load_run, requests
 from collector.otlp.spans import run_spans
 
@@ -89,7 +89,7 @@ def export(dsn: str, run: uuid.UUID, base: str) -> None:
 
 def ours(dsn: str, run: uuid.UUID) -> dict[str, Any]:
     async def read() -> Any:
-        connection = await asyncpg.connect(dsn)
+        connection = await connect(dsn)
         try:
             return run_spans(await load_run(connection, run))
         finally:

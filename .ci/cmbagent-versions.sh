@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Runs the zero-code CMBAgent capture tests against the real CMBAgent, each in a fresh Python
+# 3.12 virtualenv (CMBAgent needs 3.12; they clash with each other and with the main venv):
+#   released  the newest release on PyPI (cmbagent-update), tests/cmbagent_released
+#   fork      the fork with phases and callbacks, vendored in shared/vendor/cmbagent-fork
+#             (see its VENDORED.md), tests/cmbagent_fork
+#
+#   .ci/cmbagent-versions.sh           # both
+#   .ci/cmbagent-versions.sh fork      # only the entries whose label matches
+#
+# Environment: PYTHON312 (default: pyenv's newest 3.12, else python3.12 on PATH),
+# CMBAGENT_FORK_SOURCE (default: ../shared/vendor/cmbagent-fork beside the repository),
+# CMBAGENT_MATRIX_DIR (default: a temporary directory removed at exit; set it to keep the venvs).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+FORK="${CMBAGENT_FORK_SOURCE:-$REPO/../shared/vendor/cmbagent-fork}"
+python312() {  # the first candidate that really is a Python 3.12 (a pyenv shim may not be)
+  local candidate
+  for candidate in "${PYTHON312:-}" $(ls -d "$HOME"/.pyenv/versions/3.12*/bin/python3.12 \
+      2>/dev/null | sort -V -r) python3.12; do
+    if [[ -n "$candidate" ]] && "$candidate" -c \
+        'import sys; assert sys.version_info[:2] == (3, 12)' > /dev/null 2>&1; then
+      echo "$candidate"; return
+    fi
+  done
+  echo "CMBAgent needs Python 3.12: set PYTHON312 to its interpreter" >&2; exit 1
+}
+PYTHON312="$(python312)"
+# label|tests|pip requirements. The release imports matplotlib without declaring it and breaks
+# with mistralai 2; the fork's list is its VENDORED.md's (crewai and langchain are optional).
+MATRIX=(
+  "released|tests/cmbagent_released|cmbagent-update==0.0.1.post68 mistralai<2 matplotlib"
+  "fork|tests/cmbagent_fork|ag2[openai,websurfer]==0.10.5 ruamel.yaml jsonref==1.1.0 pandas ipython matplotlib structlog sqlalchemy>=2.0 alembic psycopg2-binary psycopg[binary] pydantic anthropic python-dotenv requests cobaya google-genai mistralai>=2"
+)
+TEST_TOOLS=(pytest pytest-timeout)
+
+if [[ -n "${CMBAGENT_MATRIX_DIR:-}" ]]; then
+  WORK="$CMBAGENT_MATRIX_DIR"; mkdir -p "$WORK"
+else
+  WORK="$(mktemp -d -t cmbagent-matrix.XXXXXX)"; trap 'rm -rf "$WORK"' EXIT
+fi
+
+# Copies: building leaves no build/ or *.egg-info in the work tree, and shared/ is read-only.
+SRC="$WORK/src"
+rm -rf "$SRC" && mkdir -p "$SRC"
+tar -C "$REPO" --exclude=.git --exclude='.venv' --exclude='__pycache__' -cf - . | tar -C "$SRC" -xf -
+rm -rf "$WORK/fork-src" && cp -r "$FORK" "$WORK/fork-src"
+
+summary=()
+status=0
+for entry in "${MATRIX[@]}"; do
+  IFS='|' read -r label tests requirements <<< "$entry"
+  if [[ $# -gt 0 && "$label" != *"$1"* ]]; then continue; fi
+  read -r -a requirements <<< "$requirements"
+  venv="$WORK/$label"
+  echo "=== $label: ${requirements[*]}"
+  [[ -x "$venv/bin/python" ]] || "$PYTHON312" -m venv "$venv"
+  start=$SECONDS
+  if [[ "$label" == fork ]]; then
+    # Editable: its wheel leaves out cmbagent/keywords/*.pkl. Its own dependency list is not
+    # installable as declared, hence --no-deps and the list above.
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -e "$WORK/fork-src" \
+      > "$WORK/$label.pip.log" 2>&1 || { tail -n 30 "$WORK/$label.pip.log"; status=1; continue; }
+  fi
+  if ! "$venv/bin/pip" install --quiet --disable-pip-version-check "$SRC" "${requirements[@]}" \
+        "${TEST_TOOLS[@]}" >> "$WORK/$label.pip.log" 2>&1; then
+    grep -v '^WARNING: Location' "$WORK/$label.pip.log" | tail -n 30
+    summary+=("$label: FAILED to install"); status=1; continue
+  fi
+  echo "--- $label installed in $((SECONDS - start)) s"
+  # Inside the test folder, so that the *installed* agent_shim is tested; --confcutdir keeps
+  # tests/conftest.py (the collector's fixtures) out.
+  log="$WORK/$label.log"
+  if (cd "$SRC/$tests" && "$venv/bin/python" -m pytest . -q -p no:cacheprovider \
+        --rootdir "$SRC" --confcutdir . 2>&1 | tee "$log"); then
+    result="$(tail -n 1 "$log")"
+  else
+    result="FAILED: $(tail -n 1 "$log")"; status=1
+  fi
+  summary+=("$label: $result")
+done
+
+echo "=== CMBAgent versions"
+printf '%s\n' "${summary[@]}"
+exit "$status"

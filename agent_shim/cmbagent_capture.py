@@ -1,0 +1,251 @@
+"""Zero-code CMBAgent capture: CMBAgent's own structure, recorded when ``cmbagent`` is imported.
+
+Installed by the startup hook right after ``import cmbagent`` (``_autoload``), with capture on.
+What is recognised:
+
+- **every version**: the workflow entry points of the ``cmbagent`` module (:data:`ENTRY_POINTS`)
+  each record a run with its task (the outermost call only) and end it, and every node still
+  open in it, when they return (``completed``) or raise (``failed``);
+- **the fork with phases** (``cmbagent.phases.execution_manager``): each phase and step from
+  ``PhaseExecutionManager`` (``start``/``complete``/``fail``, ``start_step``/``complete_step``/
+  ``fail_step``), each attempt at a step (a fresh ``CMBAgent()`` while the step runs; an attempt
+  followed by another failed), and the HITL control phase's redos (its step review answering
+  ``redo``): a ``redo_<n>`` branch with the reviewer's feedback as hypothesis, the phase's
+  ``max_redos`` respected and exceeding it recorded;
+- **released versions** (``cmbagent.cmbagent.CMBAgent`` without phases): the run with its task
+  only, so far (their phases and steps live in ``CMBAgent.solve``'s shared context and the
+  ``record_status`` tool, not yet read);
+- anything else: AG2's flat capture only, and one warning.
+
+The structure goes through one :class:`~agent_shim.cmbagent.CMBAgentTracking` per run, so a
+``tracking_callbacks()`` also given to the fork records its reports only: nothing twice. Every
+hook calls CMBAgent's own method first and never raises into it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import logging
+from contextvars import ContextVar
+from types import ModuleType, SimpleNamespace
+from typing import Any, Callable
+
+from .cmbagent import CMBAgentTracking
+
+log = logging.getLogger(__name__)
+
+#: The workflow functions of the ``cmbagent`` module that are one run each (those it has).
+ENTRY_POINTS = (
+    "one_shot", "planning_and_control", "planning_and_control_context_carryover",
+    "deep_research", "control", "human_in_the_loop", "idea_generation", "idea_to_execution",
+    "hitl_interactive_workflow", "hitl_planning_only_workflow", "hitl_error_recovery_workflow",
+)
+
+#: The structure of the workflow running in this context (``None``: the process's run).
+_WORKFLOW: ContextVar[CMBAgentTracking | None] = ContextVar("cmbagent_workflow", default=None)
+_installed: str | None = None  # "fork", "released" or "flat" once installed
+_by_run: dict[bytes, CMBAgentTracking] = {}
+
+
+def records_structure() -> bool:
+    """Whether the zero-code capture records CMBAgent's phases and steps in this process."""
+    return _installed == "fork"
+
+
+def install(module: ModuleType, tracker: Any = None) -> str | None:
+    """Recognise the imported ``cmbagent`` and hook it, once, to record into ``tracker``
+    (default: ``agent_shim.activate()``); returns what was recognised, ``None`` with capture
+    off."""
+    global _installed
+    if tracker is None:
+        from . import activate
+
+        tracker = activate()
+    if not tracker.enabled or _installed is not None:
+        return _installed
+    kind = _recognise()
+    for name in ENTRY_POINTS:
+        function = getattr(module, name, None)
+        if callable(function):
+            setattr(module, name, _entry_point(tracker, name, function))
+    if kind == "fork":
+        _hook_fork(tracker)
+    elif kind == "flat":
+        log.warning("cmbagent-tracking: this CMBAgent version (%s) is not recognised: its AG2 "
+                    "activity is captured, its phases and steps are not",
+                    getattr(module, "__version__", "unknown"))
+    _installed = kind
+    return kind
+
+
+def _recognise() -> str:
+    def has(module: str, attribute: str) -> bool:
+        try:
+            return hasattr(importlib.import_module(module), attribute)
+        except Exception:
+            return False
+
+    if has("cmbagent.phases.execution_manager", "PhaseExecutionManager"):
+        return "fork"
+    if has("cmbagent.cmbagent", "CMBAgent"):
+        return "released"
+    return "flat"
+
+
+# --- where the structure goes ------------------------------------------------------------------
+
+
+def _tracking(tracker: Any) -> CMBAgentTracking:
+    """The structure of the workflow running now: its entry point's, else its run's."""
+    tracking = _WORKFLOW.get()
+    if tracking is None:
+        run = tracker.scope().run
+        tracking = _by_run.get(run) or _by_run.setdefault(run, CMBAgentTracking(tracker, None))
+    return tracking
+
+
+def _entry_point(tracker: Any, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    signature = inspect.signature(function)
+
+    @functools.wraps(function)
+    def workflow(*args: Any, **kwargs: Any) -> Any:
+        if _WORKFLOW.get() is not None:  # called from inside another workflow: its run holds
+            return function(*args, **kwargs)
+        try:
+            arguments = signature.bind_partial(*args, **kwargs).arguments
+            task = arguments.get("task")
+        except TypeError:
+            task = None
+        with tracker.run(None if task is None else str(task), workflow=name):
+            tracking = CMBAgentTracking(tracker, None)
+            token = _WORKFLOW.set(tracking)
+            try:
+                result = function(*args, **kwargs)
+            except BaseException as exc:
+                tracking.end_phase("failed", f"{type(exc).__name__}: {exc}")
+                raise
+            finally:
+                _WORKFLOW.reset(token)
+            tracking.end_phase("completed")
+            return result
+
+    return workflow
+
+
+def _after(owner: Any, name: str, record: Callable[..., None]) -> None:
+    """Wrap ``owner.name``: the original runs first, then ``record(self, result, *args,
+    **kwargs)``, whose errors are logged and never reach CMBAgent."""
+    original = getattr(owner, name)
+
+    def observe(*args: Any, **kwargs: Any) -> None:
+        try:
+            record(*args, **kwargs)
+        except Exception:
+            log.warning("cmbagent-tracking: %s.%s could not be recorded", owner.__name__, name,
+                        exc_info=True)
+
+    if inspect.iscoroutinefunction(original):
+        @functools.wraps(original)
+        async def async_hook(self: Any, *args: Any, **kwargs: Any) -> Any:
+            result = await original(self, *args, **kwargs)
+            observe(self, result, *args, **kwargs)
+            return result
+        setattr(owner, name, async_hook)
+    else:
+        @functools.wraps(original)
+        def hook(self: Any, *args: Any, **kwargs: Any) -> Any:
+            result = original(self, *args, **kwargs)
+            observe(self, result, *args, **kwargs)
+            return result
+        setattr(owner, name, hook)
+
+
+def _before(owner: Any, name: str, record: Callable[..., None]) -> None:
+    """Wrap ``owner.name``: ``record(self, *args, **kwargs)`` first (never raising), then the
+    original."""
+    original = getattr(owner, name)
+
+    @functools.wraps(original)
+    def hook(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            record(self, *args, **kwargs)
+        except Exception:
+            log.warning("cmbagent-tracking: %s.%s could not be recorded", owner.__name__, name,
+                        exc_info=True)
+        return original(self, *args, **kwargs)
+
+    setattr(owner, name, hook)
+
+
+def _argument(function: Callable[..., Any], name: str, args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> Any:
+    """Argument ``name`` of a call to the method ``function`` (``args`` without ``self``)."""
+    return inspect.signature(function).bind_partial(None, *args, **kwargs).arguments.get(name)
+
+
+# --- the fork ------------------------------------------------------------------------------------
+
+
+def _hook_fork(tracker: Any) -> None:
+    from cmbagent.cmbagent import CMBAgent  # type: ignore[import-not-found]
+    from cmbagent.phases.execution_manager import (  # type: ignore[import-not-found]
+        PhaseExecutionManager)
+
+    manager = PhaseExecutionManager
+    original = {name: getattr(manager, name) for name in
+                ("start", "complete", "fail", "start_step", "complete_step", "fail_step")}
+
+    def start(self: Any, result: Any) -> None:
+        tracking = _tracking(tracker)
+        tracking.max_redos = getattr(getattr(self.phase, "config", None), "max_redos", None)
+        tracking.on_phase_change(self.phase.phase_type, None)
+
+    def fail(self: Any, result: Any, error: str, *args: Any, **kwargs: Any) -> None:
+        _tracking(tracker).end_phase("failed", error)
+
+    def start_step(self: Any, result: Any, *args: Any, **kwargs: Any) -> None:
+        number = _argument(original["start_step"], "step_number", args, kwargs)
+        goal = _argument(original["start_step"], "description", args, kwargs)
+        _tracking(tracker).on_step_start(SimpleNamespace(step_number=number, goal=goal,
+                                                         description=goal))
+
+    def complete_step(self: Any, result: Any, *args: Any, **kwargs: Any) -> None:
+        arguments = inspect.signature(original["complete_step"]).bind_partial(
+            None, *args, **kwargs).arguments
+        _tracking(tracker).on_step_complete(SimpleNamespace(
+            step_number=arguments["step_number"], summary=arguments.get("summary"),
+            result=arguments.get("result"), status="completed"))
+
+    def fail_step(self: Any, result: Any, *args: Any, **kwargs: Any) -> None:
+        arguments = inspect.signature(original["fail_step"]).bind_partial(
+            None, *args, **kwargs).arguments
+        _tracking(tracker).on_step_failed(SimpleNamespace(
+            step_number=arguments["step_number"], error=arguments.get("error"), status="failed"))
+
+    _after(manager, "start", start)
+    _after(manager, "complete", lambda self, result, *a, **k: _tracking(tracker).end_phase(
+        "completed"))
+    _after(manager, "fail", fail)
+    _after(manager, "start_step", start_step)
+    _after(manager, "complete_step", complete_step)
+    _after(manager, "fail_step", fail_step)
+    _before(CMBAgent, "__init__", lambda self, *a, **k: _tracking(tracker).begin_attempt())
+    _hook_hitl_redo(tracker)
+
+
+def _hook_hitl_redo(tracker: Any) -> None:
+    try:
+        from cmbagent.phases.hitl_control import HITLControlPhase  # type: ignore
+    except Exception:
+        return
+    review = HITLControlPhase._request_step_review
+
+    def reviewed(self: Any, result: Any, *args: Any, **kwargs: Any) -> None:
+        # The HITL control phase redoes the step on ``None`` or ``{"redo": True, ...}``.
+        if result is None or (isinstance(result, dict) and result.get("redo")):
+            feedback = result.get("feedback") if isinstance(result, dict) else None
+            _tracking(tracker).redo(_argument(review, "step_num", args, kwargs), feedback)
+
+    _after(HITLControlPhase, "_request_step_review", reviewed)
