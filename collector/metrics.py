@@ -14,8 +14,9 @@ from .pipeline import REASONS, Decoded
 from .store import WriteResult
 
 #: The reasons a shim gives for the events it drops (``agent_shim``); others count as ``other``.
-SHIM_DROP_REASONS = frozenset({"queue_full", "after_shutdown", "unencodable", "oversize",
-                               "spool_full", "refused"})
+SHIM_DROP_REASONS = frozenset({"queue_full", "spool_full", "exit_timeout", "refused",
+                               "unacknowledged", "spool_damaged", "unencodable", "oversize",
+                               "after_shutdown"})
 #: (run, sender, reason) triples whose last reported drop count is remembered.
 MAX_DROP_SENDERS = 10_000
 
