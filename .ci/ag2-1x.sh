@@ -14,6 +14,7 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
+source "$REPO/.ci/lib.sh"
 # label|pip requirement(s)
 MATRIX=(
   "ag2-1.0|ag2>=1.0,<1.1"
@@ -43,12 +44,8 @@ for entry in "${MATRIX[@]}"; do
   if [[ $# -gt 0 && "$label" != *"$1"* ]]; then continue; fi
   venv="$WORK/$label"
   echo "=== $label: ${requirements[*]}"
-  if [[ ! -x "$venv/bin/python" ]]; then
-    "$PYTHON" -m venv "$venv"
-  fi
-  if ! "$venv/bin/pip" install --quiet --disable-pip-version-check "$SRC[collector,pricing]" \
-        "${requirements[@]}" "${BESIDE[@]}" "${TEST_TOOLS[@]}" > "$WORK/$label.pip.log" 2>&1; then
-    grep -v '^WARNING: Location' "$WORK/$label.pip.log" | tail -n 30
+  if ! ci_venv "$venv" "$PYTHON" "$WORK/$label.pip.log" "$SRC[collector,pricing]" \
+        "${requirements[@]}" "${BESIDE[@]}" "${TEST_TOOLS[@]}"; then
     summary+=("$label: FAILED to install"); status=1; continue
   fi
   version="$("$venv/bin/python" -c 'import ag2; print(ag2.__version__)')"

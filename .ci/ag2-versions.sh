@@ -7,11 +7,12 @@
 #   .ci/ag2-versions.sh fork       # only the entries whose label matches
 #
 # Environment: PYTHON (default python3), AG2_MATRIX_DIR (default: a temporary directory,
-# removed at exit; set it to keep and reuse the venvs). pip's cache is reused between runs.
+# removed at exit; set it to keep and reuse the venvs). uv's cache is reused between runs.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
+source "$REPO/.ci/lib.sh"
 # label|pip requirement(s); cmbagent_autogen imports IPython without declaring it.
 MATRIX=(
   "ag2-latest-0.x|ag2>=0.14,<1.0"
@@ -39,12 +40,8 @@ for entry in "${MATRIX[@]}"; do
   if [[ $# -gt 0 && "$label" != *"$1"* ]]; then continue; fi
   venv="$WORK/$label"
   echo "=== $label: ${requirements[*]}"
-  if [[ ! -x "$venv/bin/python" ]]; then
-    "$PYTHON" -m venv "$venv"
-  fi
-  if ! "$venv/bin/pip" install --quiet --disable-pip-version-check "$SRC" "${requirements[@]}" \
-        "${TEST_TOOLS[@]}" > "$WORK/$label.pip.log" 2>&1; then
-    grep -v '^WARNING: Location' "$WORK/$label.pip.log" | tail -n 30
+  if ! ci_venv "$venv" "$PYTHON" "$WORK/$label.pip.log" "$SRC" "${requirements[@]}" \
+        "${TEST_TOOLS[@]}"; then
     summary+=("$label: FAILED to install"); status=1; continue
   fi
   version="$("$venv/bin/python" -c 'import autogen; print(autogen.__version__)')"

@@ -10,6 +10,7 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
+source "$REPO/.ci/lib.sh"
 
 if [[ ! -x /usr/bin/chromium ]]; then
   echo "=== installing Debian's chromium"
@@ -26,13 +27,9 @@ echo "=== $(/usr/bin/chromium --version 2>/dev/null || echo chromium)"
 if [[ -n "${BROWSER_VENV:-}" ]]; then
   VENV="$BROWSER_VENV"
 else
-  VENV="$(mktemp -d -t browser-venv.XXXXXX)"; trap 'rm -rf "$VENV"' EXIT
+  VENV="$(mktemp -d -t browser-venv.XXXXXX)"; trap 'rm -rf "$VENV" "$VENV.pip.log"' EXIT
 fi
-[[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
-if ! "$VENV/bin/pip" install --quiet --disable-pip-version-check "$REPO[browser]" \
-      > "$VENV/pip.log" 2>&1; then
-  grep -v '^WARNING: Location' "$VENV/pip.log" | tail -n 30; exit 1
-fi
+ci_venv "$VENV" "$PYTHON" "$VENV.pip.log" "$REPO[browser]"
 
 cd "$REPO"
 "$VENV/bin/python" -m pytest -o addopts= tests/browser -q -p no:cacheprovider

@@ -15,6 +15,7 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 FORK="${CMBAGENT_FORK_SOURCE:-$REPO/../shared/vendor/cmbagent-fork}"
+source "$REPO/.ci/lib.sh"
 python312() {  # the first candidate that really is a Python 3.12 (a pyenv shim may not be)
   local candidate
   for candidate in "${PYTHON312:-}" $(ls -d "$HOME"/.pyenv/versions/3.12*/bin/python3.12 \
@@ -55,17 +56,15 @@ for entry in "${MATRIX[@]}"; do
   read -r -a requirements <<< "$requirements"
   venv="$WORK/$label"
   echo "=== $label: ${requirements[*]}"
-  [[ -x "$venv/bin/python" ]] || "$PYTHON312" -m venv "$venv"
   start=$SECONDS
   if [[ "$label" == fork ]]; then
     # Editable: its wheel leaves out cmbagent/keywords/*.pkl. Its own dependency list is not
     # installable as declared, hence --no-deps and the list above.
-    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -e "$WORK/fork-src" \
-      > "$WORK/$label.pip.log" 2>&1 || { tail -n 30 "$WORK/$label.pip.log"; status=1; continue; }
+    ci_venv "$venv" "$PYTHON312" "$WORK/$label.pip.log" --no-deps -e "$WORK/fork-src" \
+      || { summary+=("$label: FAILED to install"); status=1; continue; }
   fi
-  if ! "$venv/bin/pip" install --quiet --disable-pip-version-check "$SRC" "${requirements[@]}" \
-        "${TEST_TOOLS[@]}" >> "$WORK/$label.pip.log" 2>&1; then
-    grep -v '^WARNING: Location' "$WORK/$label.pip.log" | tail -n 30
+  if ! ci_venv "$venv" "$PYTHON312" "$WORK/$label.pip.log" "$SRC" "${requirements[@]}" \
+        "${TEST_TOOLS[@]}"; then
     summary+=("$label: FAILED to install"); status=1; continue
   fi
   echo "--- $label installed in $((SECONDS - start)) s"

@@ -5,11 +5,12 @@
 # when missing) and start Phoenix from that other venv on loopback.
 #
 # Environment: PYTHON (default python3), PHOENIX_VENV (default: a temporary directory, removed at
-# exit; set it to keep and reuse the venv). pip's cache is reused between runs.
+# exit; set it to keep and reuse the venv). uv's cache is reused between runs.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
+source "$REPO/.ci/lib.sh"
 cd "$REPO"
 
 if [[ -n "${PHOENIX_VENV:-}" ]]; then
@@ -23,8 +24,7 @@ if [[ ! -x .venv/bin/pytest ]]; then
 fi
 if [[ ! -x "$VENV/bin/phoenix" ]]; then
   started=$SECONDS
-  "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check arize-phoenix
+  ci_venv "$VENV" "$PYTHON" "$VENV.pip.log" arize-phoenix
   echo "--- Phoenix installed in $((SECONDS - started)) s: $(du -sh "$VENV" | cut -f1)"
 fi
 echo "=== Phoenix $("$VENV/bin/python" -c 'import phoenix; print(phoenix.__version__)')"

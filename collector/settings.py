@@ -114,16 +114,16 @@ class Settings:
             values["bind"] = tuple(e.strip() for e in os.environ[BIND].split(",") if e.strip())
         if os.environ.get(DATABASE_URL):
             values["dsn"] = os.environ[DATABASE_URL]
-        http_bind = os.environ.get(HTTP_BIND) or os.environ.get(METRICS_BIND)
-        if http_bind:
-            values["http_bind"] = http_bind
-        if os.environ.get(HTTP_TOKEN):
-            values["http_token"] = os.environ[HTTP_TOKEN]
         elif os.environ.get(LEGACY_DATABASE_URL):
             log.warning("%s is CMBAgent's own database variable; set %s for the collector "
                         "instead (the old name is still read, for now)",
                         LEGACY_DATABASE_URL, DATABASE_URL)
             values["dsn"] = os.environ[LEGACY_DATABASE_URL]
+        http_bind = os.environ.get(HTTP_BIND) or os.environ.get(METRICS_BIND)
+        if http_bind:
+            values["http_bind"] = http_bind
+        if os.environ.get(HTTP_TOKEN):
+            values["http_token"] = os.environ[HTTP_TOKEN]
         if os.environ.get(SCHEMA):
             values["schema"] = os.environ[SCHEMA]
         for name, variable in (("curve_secret_key_file", CURVE_SECRET_KEY_FILE),

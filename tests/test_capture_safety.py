@@ -213,5 +213,6 @@ def test_an_exception_whose_str_raises_reaches_the_program_unchanged(own_scope: 
         with tracker.run("task") as run, run.phase("planning"), tracker.span("tool_call"):
             raise Opaque()
     failed = [r for r in sent(sink) if r.get("status") == "failed"]
-    assert {r["k"] for r in failed} == {"run", "node", "event"}  # the span, phase and run
-    assert {r["error"] for r in failed} == {"Opaque: Opaque()"}  # its repr
+    # the span, the phase, the run, and the session the run opened
+    assert {r["k"] for r in failed} == {"session", "run", "node", "event"}
+    assert {r["error"] for r in failed if r["k"] != "session"} == {"Opaque: Opaque()"}  # its repr
