@@ -25,7 +25,8 @@ log = logging.getLogger("collector")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.config.dictConfig(_log_config(args.verbose, args.log_json))
+    logging.config.dictConfig(_log_config(args.verbose, args.log_json,
+                                          quiet=getattr(args, "quiet", False)))
     try:
         settings = Settings.from_env(dsn=args.dsn, schema=args.schema, data_dir=args.data_dir,
                                      **_command_overrides(args))
@@ -249,20 +250,36 @@ def _command_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
+def _global_options(parser: argparse.ArgumentParser, **default: Any) -> None:
+    parser.add_argument("--dsn", help="PostgreSQL URL (env CMBAGENT_TRACKING_DATABASE_URL); "
+                        "default: an embedded server under the data directory", **default)
+    parser.add_argument("--schema", help="PostgreSQL schema of the tracking tables "
+                        "(env CMBAGENT_TRACKING_SCHEMA; default cmbagent_tracking)", **default)
+    parser.add_argument("--data-dir", type=Path,
+                        help="state directory (env CMBAGENT_TRACKING_HOME); "
+                        "default ~/.local/share/cmbagent-tracking", **default)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging", **default)
+    parser.add_argument("--log-json", action="store_true", help="one JSON object per log line",
+                        **default)
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser: it takes the global options too, so they may come before or after
+    the command (``serve --dsn URL`` as well as ``--dsn URL serve``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # Suppressed defaults: an option not given after the command keeps what came before it.
+        _global_options(self, default=argparse.SUPPRESS)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cmbagent-collector",
         description="Receive cmbagent-tracking events over ZeroMQ and store them in PostgreSQL.")
-    parser.add_argument("--dsn", help="PostgreSQL URL (env CMBAGENT_TRACKING_DATABASE_URL); "
-                        "default: an embedded server under the data directory")
-    parser.add_argument("--schema", help="PostgreSQL schema of the tracking tables "
-                        "(env CMBAGENT_TRACKING_SCHEMA; default cmbagent_tracking)")
-    parser.add_argument("--data-dir", type=Path,
-                        help="state directory (env CMBAGENT_TRACKING_HOME); "
-                        "default ~/.local/share/cmbagent-tracking")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    _global_options(parser)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND",
+                                     parser_class=_CommandParser)
 
     serve = commands.add_parser("serve", help="run the collector daemon")
     serve.add_argument("--bind", action="append",
@@ -344,7 +361,9 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def _log_config(verbose: bool, as_json: bool) -> dict[str, Any]:
+def _log_config(verbose: bool, as_json: bool, quiet: bool = False) -> dict[str, Any]:
+    """Logging to stderr; ``quiet`` (the read commands): warnings and errors only."""
+    level = "DEBUG" if verbose else "WARNING" if quiet else "INFO"
     warnings.simplefilter("ignore", category=ResourceWarning)
     return {
         "version": 1,
@@ -356,7 +375,7 @@ def _log_config(verbose: bool, as_json: bool) -> dict[str, Any]:
         "handlers": {"stderr": {"class": "logging.StreamHandler", "stream": sys.stderr,
                                 "formatter": "json" if as_json else "text"}},
         "root": {"handlers": ["stderr"], "level": "WARNING"},
-        "loggers": {"collector": {"level": "DEBUG" if verbose else "INFO"},
+        "loggers": {"collector": {"level": level},
                     "alembic": {"level": "WARNING"}},
     }
 

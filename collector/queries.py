@@ -29,13 +29,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     runs = commands.add_parser("runs", help="list recent runs, newest first")
     runs.add_argument("--limit", type=_positive, default=20, help="how many (default 20)")
     _json_flag(runs)
-    runs.set_defaults(command=_command(_runs, _render_runs))
+    runs.set_defaults(command=_command(_runs, _render_runs), quiet=True)
 
     tree = commands.add_parser(
         "tree", help="show a run's DAG: status, duration, events, tokens and cost per node")
     tree.add_argument("run", type=_run_id, help="the run's id (see `runs`)")
     _json_flag(tree)
-    tree.set_defaults(command=_command(_tree, _render_tree))
+    tree.set_defaults(command=_command(_tree, _render_tree), quiet=True)
 
     events = commands.add_parser("events", help="list a run's or a node's events in order")
     events.add_argument("run", type=_run_id, help="the run's id (see `runs`)")
@@ -46,7 +46,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
                         help="start after this execution_order (the next page)")
     events.add_argument("--limit", type=_positive, default=50, help="page size (default 50)")
     _json_flag(events)
-    events.set_defaults(command=_command(_events, _render_events))
+    events.set_defaults(command=_command(_events, _render_events), quiet=True)
 
 
 def _json_flag(parser: argparse.ArgumentParser) -> None:
@@ -89,6 +89,11 @@ def _command(fetch: Fetch, render: Callable[[Any], str]) -> Callable[..., int]:
             result = asyncio.run(_with_connection(dsn, settings.schema, fetch, args))
         except NotFound as exc:
             print(f"cmbagent-collector: {exc}", file=sys.stderr)
+            return 1
+        except asyncpg.UndefinedTableError:
+            print(f"cmbagent-collector: the database has no tracking tables in schema "
+                  f"{settings.schema!r}: run `cmbagent-collector migrate` (or start `serve` "
+                  "once), or pass the --schema they are in", file=sys.stderr)
             return 1
         print(reads.dumps(result, indent=2) if args.json else render(result))
         return 0
