@@ -2,21 +2,24 @@
 
 ``activate()`` returns the process's tracker. With ``CMBAGENT_COLLECTOR_URL`` unset or empty it
 is a :class:`~agent_shim.tracker.DisabledTracker`: no thread, no socket, nothing patched.
+
+Importing the package loads nothing else: the collector imports ``agent_shim.wire`` (the
+protocol both sides share) without the tracker, its modules or its fork hooks.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from typing import Union
+from typing import TYPE_CHECKING, Any, Union
 
-from . import lifecycle
-from .config import ShimSettings
-from .tracker import DisabledTracker, Tracker
+if TYPE_CHECKING:
+    from .config import ShimSettings
+    from .tracker import DisabledTracker, Tracker
+
+    AnyTracker = Union[Tracker, DisabledTracker]
 
 __all__ = ["activate", "Tracker", "DisabledTracker", "ShimSettings"]
-
-AnyTracker = Union[Tracker, DisabledTracker]
 
 _tracker: AnyTracker | None = None
 _lock = threading.Lock()
@@ -27,32 +30,43 @@ def activate(settings: ShimSettings | None = None) -> AnyTracker:
     global _tracker
     with _lock:
         if _tracker is None:
+            from .config import ShimSettings
+
             _tracker = _create(settings or ShimSettings.from_env())
         return _tracker
 
 
 def _create(settings: ShimSettings) -> AnyTracker:
+    from .tracker import DisabledTracker, Tracker
+
     if not settings.enabled:
         return DisabledTracker()
+    from . import lifecycle
     from .sender import Sender
 
     tracker = Tracker(settings, Sender(settings))
     lifecycle.watch(tracker)
+    os.register_at_fork(before=lambda: lifecycle.before_fork(tracker),
+                        after_in_child=lambda: _forget_in_child(tracker))
     return tracker
 
 
-def _before_fork() -> None:
-    if isinstance(_tracker, Tracker):
-        lifecycle.before_fork(_tracker)
-
-
-def _forget_in_child() -> None:
+def _forget_in_child(tracker: Tracker) -> None:
     # A forked child starts with a fresh sender (its own socket, queue and spool files) the
     # first time it emits; the run it was in stays current through its inherited contextvars.
     global _lock
     _lock = threading.Lock()
-    if isinstance(_tracker, Tracker):
-        _tracker.after_fork()
+    tracker.after_fork()
 
 
-os.register_at_fork(before=_before_fork, after_in_child=_forget_in_child)
+def __getattr__(name: str) -> Any:
+    """The public classes, imported when first asked for."""
+    if name in ("Tracker", "DisabledTracker"):
+        from . import tracker
+
+        return getattr(tracker, name)
+    if name == "ShimSettings":
+        from .config import ShimSettings
+
+        return ShimSettings
+    raise AttributeError(f"module 'agent_shim' has no attribute {name!r}")

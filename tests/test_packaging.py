@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import venv
 from pathlib import Path
 
@@ -44,3 +45,11 @@ def test_a_missing_hook_fails_with_what_to_do(tmp_path: Path) -> None:
     except AssertionError as exc:
         message = str(exc)
     assert "pip install" in message and str(tmp_path) in message, message
+
+
+def test_the_collector_loads_only_the_wire_protocol_of_the_agent_side() -> None:
+    probe = ("import sys, collector.cli, collector.daemon, collector.web, collector.otlp.ingest; "
+             "print(sorted(m for m in sys.modules if m.startswith('agent_shim')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout
+    assert out.strip() == "['agent_shim', 'agent_shim.wire']"
