@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .config import ShimSettings
     from .tracker import DisabledTracker, Tracker
 
-    AnyTracker = Union[Tracker, DisabledTracker]
+    AnyTracker = Tracker | DisabledTracker
 
 __all__ = ["activate", "Tracker", "DisabledTracker", "ShimSettings"]
 

@@ -51,8 +51,16 @@ from typing import Any, TypeVar
 
 from .context import CURRENT, Scope
 from .tracker import Span
-from .workflow import (WORKFLOW, Graph, MaxRedosExceeded, Node, RunScope, WorkflowError,
-                       check_redo_allowed, graph_for)
+from .workflow import (
+    WORKFLOW,
+    Graph,
+    MaxRedosExceeded,
+    Node,
+    RunScope,
+    WorkflowError,
+    check_redo_allowed,
+    graph_for,
+)
 
 __all__ = ["tracking_callbacks", "CMBAgentTracking", "CALLBACKS", "MaxRedosExceeded",
            "WorkflowError"]

@@ -28,9 +28,10 @@ import functools
 import importlib
 import inspect
 import logging
+from collections.abc import Callable
 from contextvars import ContextVar
 from types import ModuleType, SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 from .cmbagent import CMBAgentTracking
 
@@ -190,8 +191,7 @@ def _argument(function: Callable[..., Any], name: str, args: tuple[Any, ...],
 
 def _hook_fork(tracker: Any) -> None:
     from cmbagent.cmbagent import CMBAgent  # type: ignore[import-not-found]
-    from cmbagent.phases.execution_manager import (  # type: ignore[import-not-found]
-        PhaseExecutionManager)
+    from cmbagent.phases.execution_manager import PhaseExecutionManager  # type: ignore[import-not-found]
 
     manager = PhaseExecutionManager
     original = {name: getattr(manager, name) for name in

@@ -22,7 +22,8 @@ import threading
 import time
 from typing import Any
 
-from .harness import Bench, collector, free_port, run as run_async
+from .harness import Bench, collector, free_port
+from .harness import run as run_async
 from .report import Result
 from .stats import Summary
 

@@ -25,7 +25,8 @@ from typing import Any
 
 from collector.schema import connect
 
-from .harness import Bench, run as run_async
+from .harness import Bench
+from .harness import run as run_async
 from .report import Result
 from .stats import Summary, percentile
 

@@ -35,7 +35,7 @@ def _cells(result: Result) -> tuple[str, ...]:
 def text_table(results: list[Result]) -> str:
     rows = [COLUMNS, *(_cells(r) for r in results)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
              for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
     notes = [f"  [{r.part}] {r.metric}: {r.note}" for r in results if r.note]

@@ -48,7 +48,7 @@ class Summary:
 
 def ratios(numerators: Sequence[float], denominators: Sequence[float]) -> Summary:
     """The median of per-round ratios: pairs measured side by side cancel the machine's drift."""
-    return Summary.of(n / d for n, d in zip(numerators, denominators) if d)
+    return Summary.of(n / d for n, d in zip(numerators, denominators, strict=True) if d)
 
 
 def _number(value: float, digits: int) -> str:

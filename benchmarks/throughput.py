@@ -20,7 +20,8 @@ import sys
 import time
 from typing import Any
 
-from .harness import Bench, collector, execute, run as run_async
+from .harness import Bench, collector, execute
+from .harness import run as run_async
 from .report import Result
 from .stats import Summary, ratios
 

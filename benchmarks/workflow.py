@@ -40,6 +40,7 @@ def workflow(turns: int) -> None:
     """One chat of ``turns`` tool-call turns (about 6 events each when captured); AG2's console
     output goes to /dev/null in every variant."""
     from autogen.agentchat import register_function
+
     from tests.ag2.scenarios import ScriptedAgent, call, ledger, user
 
     def add(a: int, b: int) -> int:
@@ -164,9 +165,9 @@ class Variant:
 
 
 def run(bench: Bench) -> list[Result]:
-    import agent_shim.ag2 as capture
     from autogen import runtime_logging
 
+    import agent_shim.ag2 as capture
     from agent_shim.sender import Sender
     from agent_shim.testing import recording_tracker
     from agent_shim.tracker import Tracker
@@ -212,7 +213,7 @@ def run(bench: Bench) -> list[Result]:
     ag2_rows = _sqlite_rows(sqlite_path)
     off = seconds["off"]
     overhead = {name: ratios(values, off) for name, values in seconds.items()}
-    over = {name: Summary.of(v / o - 1 for v, o in zip(values, off))
+    over = {name: Summary.of(v / o - 1 for v, o in zip(values, off, strict=True))
             for name, values in seconds.items()}
     ours_over = over["ours"]
     results = [Result("2 workflow", f"AG2 chat, {events} events: capture off",
@@ -220,8 +221,8 @@ def run(bench: Bench) -> list[Result]:
     for name in seconds:
         if name in ("off", "ours"):
             continue
-        share = ratios([v - o for v, o in zip(seconds["ours"], off)],
-                       [v - o for v, o in zip(seconds[name], off)])
+        share = ratios([v - o for v, o in zip(seconds["ours"], off, strict=True)],
+                       [v - o for v, o in zip(seconds[name], off, strict=True)])
         results.append(Result(
             "2 workflow", "overhead vs " + name.split(" (")[0],
             _percent(ours_over), _percent(over[name]),

@@ -184,7 +184,7 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
         public_file, secret_file = map(Path, zmq.auth.create_certificates(private, args.name))
         secret_file.chmod(0o600)
         public_file.chmod(0o644)
-        for made, target in zip((public_file, secret_file), targets):
+        for made, target in zip((public_file, secret_file), targets, strict=True):
             made.replace(target)
     public = zmq.auth.load_certificate(targets[0])[0].decode()
     print(f"public key file: {targets[0]}\nsecret key file: {targets[1]}\npublic key: {public}")

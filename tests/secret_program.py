@@ -11,8 +11,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "examples"))
 
-import agent_shim
 from secret_corpus import KEYS, ORDINARY, TEXTS
+
+import agent_shim
 
 PLANTED = [text for _, text in TEXTS.values()]
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, Optional
+from typing import Any
 
 import pytest
 
 from agent_shim import DisabledTracker
-from agent_shim.config import ShimSettings
 from agent_shim.cmbagent import CALLBACKS, MaxRedosExceeded, WorkflowError, tracking_callbacks
+from agent_shim.config import ShimSettings
 from agent_shim.context import CURRENT
 from agent_shim.testing import RecordingSink, recording_tracker
 
@@ -33,12 +34,12 @@ class StepInfo:
     goal: str
     description: str
     status: StepStatus = StepStatus.PENDING
-    started_at: Optional[float] = None
-    completed_at: Optional[float] = None
-    execution_time: Optional[float] = None
-    error: Optional[str] = None
-    result: Optional[dict[str, Any]] = None
-    summary: Optional[str] = None
+    started_at: float | None = None
+    completed_at: float | None = None
+    execution_time: float | None = None
+    error: str | None = None
+    result: dict[str, Any] | None = None
+    summary: str | None = None
 
 
 @dataclass
@@ -54,24 +55,24 @@ class PlanInfo:
 class WorkflowCallbacks:
     """The fields of CMBAgent's WorkflowCallbacks (all optional callables)."""
 
-    on_planning_start: Optional[Callable[..., Any]] = None
-    on_planning_complete: Optional[Callable[..., Any]] = None
-    on_step_start: Optional[Callable[..., Any]] = None
-    on_step_complete: Optional[Callable[..., Any]] = None
-    on_step_failed: Optional[Callable[..., Any]] = None
-    on_workflow_start: Optional[Callable[..., Any]] = None
-    on_workflow_complete: Optional[Callable[..., Any]] = None
-    on_workflow_failed: Optional[Callable[..., Any]] = None
-    on_progress: Optional[Callable[..., Any]] = None
-    on_agent_start: Optional[Callable[..., Any]] = None
-    on_agent_complete: Optional[Callable[..., Any]] = None
-    should_continue: Optional[Callable[..., Any]] = None
-    on_pause_check: Optional[Callable[..., Any]] = None
-    on_cost_update: Optional[Callable[..., Any]] = None
-    on_agent_message: Optional[Callable[..., Any]] = None
-    on_code_execution: Optional[Callable[..., Any]] = None
-    on_tool_call: Optional[Callable[..., Any]] = None
-    on_phase_change: Optional[Callable[..., Any]] = None
+    on_planning_start: Callable[..., Any] | None = None
+    on_planning_complete: Callable[..., Any] | None = None
+    on_step_start: Callable[..., Any] | None = None
+    on_step_complete: Callable[..., Any] | None = None
+    on_step_failed: Callable[..., Any] | None = None
+    on_workflow_start: Callable[..., Any] | None = None
+    on_workflow_complete: Callable[..., Any] | None = None
+    on_workflow_failed: Callable[..., Any] | None = None
+    on_progress: Callable[..., Any] | None = None
+    on_agent_start: Callable[..., Any] | None = None
+    on_agent_complete: Callable[..., Any] | None = None
+    should_continue: Callable[..., Any] | None = None
+    on_pause_check: Callable[..., Any] | None = None
+    on_cost_update: Callable[..., Any] | None = None
+    on_agent_message: Callable[..., Any] | None = None
+    on_code_execution: Callable[..., Any] | None = None
+    on_tool_call: Callable[..., Any] | None = None
+    on_phase_change: Callable[..., Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -12,7 +12,6 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import asyncpg
 import pytest

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from .support import CollectorProcess, agent, finish, fetch, fetchval, wait_for
+from .support import CollectorProcess, agent, fetch, fetchval, finish, wait_for
 
 
 def _run_id(output: str) -> uuid.UUID:

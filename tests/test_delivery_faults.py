@@ -291,8 +291,8 @@ def test_a_frame_the_collector_refuses_is_given_up_and_counted(
     run, records = good_records(10_001)
     is_event = [msgpack.unpackb(r)["k"] == "event" for r in records]
     # The session's and the run's records are delivered; the events come in the refused frame.
-    _frame_file(spool, "00000000000000aa", 1, [r for r, e in zip(records, is_event) if not e])
-    refused = _frame_file(spool, "00000000000000aa", 2, [r for r, e in zip(records, is_event) if e])
+    _frame_file(spool, "00000000000000aa", 1, [r for r, e in zip(records, is_event, strict=True) if not e])
+    refused = _frame_file(spool, "00000000000000aa", 2, [r for r, e in zip(records, is_event, strict=True) if e])
 
     _deliver_spool({**agent_env, "CMBAGENT_COLLECTOR_URL": collector.url})
     counts = tally(database, uuid.UUID(bytes=run))

@@ -7,7 +7,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .support import CollectorProcess, agent, finish, fetch, fetchval, free_port, wait_for
+from .support import CollectorProcess, agent, fetch, fetchval, finish, free_port, wait_for
 
 
 def _get(url: str) -> tuple[int, str]:

@@ -27,10 +27,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from collector import reads
-from collector.schema import connect
 from collector.otlp import convention
 from collector.otlp.export import requests
 from collector.otlp.spans import run_spans
+from collector.schema import connect
 
 from .conftest import _with_database
 from .support import (

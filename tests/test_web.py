@@ -164,7 +164,7 @@ def test_with_a_token_everything_but_the_probes_needs_it(
         wait_for(lambda: get(f"{base}/livez")[0] == 200 if ui.poll() is None else
                  pytest.fail(ui.stdout.read().decode()), timeout=60)  # type: ignore[union-attr]
         assert get(f"{base}/readyz")[0] == 200
-        for path in ("/", f"/api/runs/{run}", "/static/app.js", f"/api/runs?token=wrong"):
+        for path in ("/", f"/api/runs/{run}", "/static/app.js", "/api/runs?token=wrong"):
             status, _, body = get(f"{base}{path}")
             assert status == 401 and b"needs its token" in body, path
         assert get(f"{base}/api/runs/{run}", {"Authorization": "Bearer wrong"})[0] == 401

@@ -16,12 +16,11 @@ from typing import Any
 
 import pytest
 
-from collector.schema import connect
-
 from agent_shim import DisabledTracker
 from agent_shim.context import CURRENT
 from agent_shim.testing import RecordingSink, recording_tracker
 from agent_shim.workflow import MaxRedosExceeded, WorkflowError
+from collector.schema import connect
 
 from .support import CollectorProcess, fetch, fetchval
 

@@ -19,13 +19,23 @@ import logging
 import sys
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module
-from typing import Any, Callable
+from typing import Any
 
 from ..tracker import Tracker
-from .activities import (AgentCall, CodeExecution, Conversation, Handoff, HumanInput,
-                         LegacyCodeExecution, LLMCall, Message, ToolCall)
+from .activities import (
+    AgentCall,
+    CodeExecution,
+    Conversation,
+    Handoff,
+    HumanInput,
+    LegacyCodeExecution,
+    LLMCall,
+    Message,
+    ToolCall,
+)
 from .propagation import THREADING_MODULES, ThreadingProxy
 from .wrapping import WRAPPED_ATTR, Activity, Hook, Runtime
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..context import CURRENT, Scope
 from ..payload import describe_error

@@ -20,8 +20,17 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any
 
-from ag2.events import (ModelRequest, ModelResponse, TaskCompleted, TaskFailed, TaskStarted,
-                        ToolErrorEvent, ToolNotFoundEvent, ToolResultEvent, ToolResultsEvent)
+from ag2.events import (
+    ModelRequest,
+    ModelResponse,
+    TaskCompleted,
+    TaskFailed,
+    TaskStarted,
+    ToolErrorEvent,
+    ToolNotFoundEvent,
+    ToolResultEvent,
+    ToolResultsEvent,
+)
 from ag2.middleware import BaseMiddleware
 
 from ..context import CURRENT, Scope

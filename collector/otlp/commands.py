@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
+from ..metrics import Metrics
 from ..queries import _run_id
 from ..reads import NotFound
-from ..metrics import Metrics
 from .export import Endpoint, ExportError, export_runs
 from .follow import Follower
 

@@ -114,7 +114,7 @@ async def send(session: aiohttp.ClientSession, endpoint: Endpoint,
     """POST one request; retries what OTLP says is transient, raises :class:`ExportError`."""
     body = request.SerializeToString()
     headers = {**endpoint.headers, "Content-Type": PROTOBUF}
-    for attempt, delay in enumerate((*RETRY_DELAYS, None)):
+    for delay in (*RETRY_DELAYS, None):
         try:
             async with session.post(endpoint.url, data=body, headers=headers) as response:
                 answer = await response.read()

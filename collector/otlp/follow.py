@@ -17,13 +17,11 @@ import uuid
 
 import aiohttp
 import asyncpg
-from prometheus_client import Counter, Gauge
-
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from prometheus_client import Counter, Gauge
 
 from ..metrics import Metrics
 from ..schema import connect
-
 from .export import Endpoint, ExportError, load_run, requests, send
 from .spans import StoredRun, run_spans
 

@@ -16,14 +16,28 @@ import os
 import sys
 import tempfile
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from autogen import ConversableAgent, GroupChat, GroupChatManager, UserProxyAgent
-from autogen.agentchat import a_run_group_chat, initiate_group_chat, register_function, run_group_chat
-from autogen.agentchat.group import (AgentTarget, ContextExpression, ContextVariables,
-                                     ExpressionContextCondition, OnCondition, OnContextCondition,
-                                     ReplyResult, StringLLMCondition, TerminateTarget)
+from autogen.agentchat import (
+    a_run_group_chat,
+    initiate_group_chat,
+    register_function,
+    run_group_chat,
+)
+from autogen.agentchat.group import (
+    AgentTarget,
+    ContextExpression,
+    ContextVariables,
+    ExpressionContextCondition,
+    OnCondition,
+    OnContextCondition,
+    ReplyResult,
+    StringLLMCondition,
+    TerminateTarget,
+)
 from autogen.agentchat.group.patterns import AutoPattern, DefaultPattern
 from autogen.coding import LocalCommandLineCodeExecutor
 

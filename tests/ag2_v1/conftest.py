@@ -8,8 +8,8 @@ on its own; it runs when named).
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

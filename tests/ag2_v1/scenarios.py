@@ -13,14 +13,25 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from ag2 import Agent, Context, TaskConfig
 from ag2.events import ModelMessage, ModelResponse, ToolCallEvent, ToolCallsEvent, Usage
 from ag2.knowledge import MemoryKnowledgeStore
-from ag2.network import (EV_CHANNEL_CLOSED, WORKFLOW_TYPE, AgentTarget, Finish, FromSpeaker,
-                         Handoff, Hub, TerminateTarget, Transition, TransitionGraph)
+from ag2.network import (
+    EV_CHANNEL_CLOSED,
+    WORKFLOW_TYPE,
+    AgentTarget,
+    Finish,
+    FromSpeaker,
+    Handoff,
+    Hub,
+    TerminateTarget,
+    Transition,
+    TransitionGraph,
+)
 from ag2.testing import TestClient, TestConfig
 
 #: Planted in prompts and tool arguments; must never be recorded.

@@ -4,11 +4,10 @@ real ``cmbagent`` package with the capture installed, recording into a list."""
 
 from __future__ import annotations
 
-from typing import Iterator
-
-import pytest
+from collections.abc import Iterator
 
 import cmbagent  # the fork is required: these tests never skip
+import pytest
 
 from agent_shim import cmbagent_capture
 from agent_shim.context import CURRENT

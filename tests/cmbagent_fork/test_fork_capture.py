@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import cmbagent
 import pytest
 from cmbagent.callbacks import WorkflowCallbacks, merge_callbacks
 from cmbagent.cmbagent import CMBAgent
@@ -22,7 +23,6 @@ from cmbagent.phases.execution_manager import PhaseExecutionManager
 from cmbagent.phases.hitl_control import HITLControlPhase, HITLControlPhaseConfig
 from cmbagent.phases.planning import PlanningPhase
 
-import cmbagent
 from agent_shim.cmbagent import tracking_callbacks
 
 #: The fork's own agents warn so each time a CMBAgent() builds them.

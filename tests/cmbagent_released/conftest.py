@@ -3,11 +3,10 @@ in a virtualenv of its own (``.ci/cmbagent-versions.sh``), recording into a list
 
 from __future__ import annotations
 
-from typing import Iterator
-
-import pytest
+from collections.abc import Iterator
 
 import cmbagent  # the released CMBAgent is required: these tests never skip
+import pytest
 
 from agent_shim import cmbagent_capture
 from agent_shim.context import CURRENT

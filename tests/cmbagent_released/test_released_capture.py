@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cmbagent
 import pytest
 
-import cmbagent
 from agent_shim import cmbagent_capture
 
 #: CMBAgent's own agents warn so each time a CMBAgent() builds them.

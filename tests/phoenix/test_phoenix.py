@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from collector.otlp import convention
-from collector.schema import connect
 from collector.otlp.export import load_run, requests
 from collector.otlp.spans import run_spans
+from collector.schema import connect
 
 from ..support import fetchval, free_port, run_async, wait_for
 from ..test_workflow import example_run  # noqa: F401  (a fixture)
