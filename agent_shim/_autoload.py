@@ -52,7 +52,7 @@ def _install(name: str, module: ModuleType) -> None:
 class _InstallAfterExec(importlib.abc.Loader):
     """Delegates to the real loader, then installs the hooks."""
 
-    def __init__(self, loader: Any, name: str) -> None:
+    def __init__(self, loader: importlib.abc.Loader, name: str) -> None:
         self._loader = loader
         self._name = name
 
@@ -81,7 +81,7 @@ class ImportWatcher(importlib.abc.MetaPathFinder):
         self.waiting.discard(fullname)
         if not self.waiting:
             _remove_watcher()
-        spec = None
+        spec: importlib.machinery.ModuleSpec | None = None
         try:
             for finder in sys.meta_path:  # the finders that would have run without us, in order
                 if finder is self:

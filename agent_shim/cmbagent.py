@@ -367,7 +367,8 @@ class CMBAgentTracking:
         """Where the workflow is now: the open attempt or step, else the open phase, else the
         run."""
         if not self.records_structure:
-            return self.tracker.scope()
+            current: Scope = self.tracker.scope()
+            return current
         if self._attempt is not None:
             return self._attempt.inner
         for node in (self._step, self._phase):

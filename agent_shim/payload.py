@@ -232,7 +232,8 @@ def snapshot(value: Any) -> bytes | None:
     try:
         # A reused packer (one per thread: it holds a buffer) with no ``default`` runs no Python
         # code; ``packb`` would build a packer per call, which costs as much as the packing.
-        return packer.pack(value)
+        packed: bytes = packer.pack(value)
+        return packed
     except Exception:  # something the C packer refuses (it resets itself): the slow path
         pass
     try:
@@ -243,7 +244,8 @@ def snapshot(value: Any) -> bytes | None:
 
 def _pack_leniently(value: Any) -> bytes:
     # Lone surrogates are kept as invalid UTF-8, replaced when the sender unpacks them.
-    return msgpack.packb(value, use_bin_type=True, unicode_errors="surrogatepass")
+    packed: bytes = msgpack.packb(value, use_bin_type=True, unicode_errors="surrogatepass")
+    return packed
 
 
 def _plain(value: Any, depth: int, ancestors: set[int]) -> Any:

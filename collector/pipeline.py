@@ -163,7 +163,7 @@ def refused(identity: bytes, frame: bytes, reason: str, detail: str) -> Decoded:
 
 def _repack(value: Any) -> bytes:
     try:
-        packed = msgpack.packb(value, use_bin_type=True, default=repr)
+        packed: bytes = msgpack.packb(value, use_bin_type=True, default=repr)
     except Exception:
         packed = repr(value).encode(errors="replace")
     return packed[:QUARANTINE_PAYLOAD_BYTES]

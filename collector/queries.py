@@ -140,8 +140,8 @@ def _cost(value: float) -> str:
 
 
 def _clip(text: Any, width: int) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 def _time(value: datetime | None) -> str:

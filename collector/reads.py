@@ -178,6 +178,7 @@ async def costs(connection: asyncpg.Connection, run: uuid.UUID | None = None,
                 days: int = 30) -> Json:
     """Tokens and cost by agent and by model (of one run, or of the last ``days``), by run and
     by day."""
+    params: list[Any]
     if run is not None:
         await _require_run(connection, run)
         scope, params = "run_id = $1", [run]
@@ -255,16 +256,17 @@ def _node_json(row: asyncpg.Record, events: int, cost: asyncpg.Record | None) ->
 def _nest(nodes: list[Json]) -> list[Json]:
     """Nodes as a forest (children under their parent, in order), with subtree totals."""
     by_id = {n["id"]: {**n, "children": []} for n in nodes}
-    roots = []
+    roots: list[Json] = []
     for node in by_id.values():
         parent = by_id.get(node["parent_node_id"] or "")
         (parent["children"] if parent is not None else roots).append(node)
 
     def add_totals(node: Json) -> Json:
         below = [add_totals(child) for child in node["children"]]
-        node["totals"] = {key: node[key] + sum(b[key] for b in below)
-                          for key in ("events", "tokens", "cost_usd")}
-        return node["totals"]
+        totals: Json = {key: node[key] + sum(b[key] for b in below)
+                        for key in ("events", "tokens", "cost_usd")}
+        node["totals"] = totals
+        return totals
 
     for root in roots:
         add_totals(root)

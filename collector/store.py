@@ -158,7 +158,9 @@ class Store:
         async with self.pool.acquire() as connection:
             if await connection.fetchval("SELECT to_regclass('alembic_version')") is None:
                 return None
-            return await connection.fetchval("SELECT version_num FROM alembic_version")
+            revision: str | None = await connection.fetchval(
+                "SELECT version_num FROM alembic_version")
+            return revision
 
 
 async def _prepare_connection(connection: asyncpg.Connection) -> None:

@@ -92,8 +92,9 @@ class _Mapper:
 
     def _run_start(self) -> datetime:
         run = self.stored.run
-        return run["started_at"] or min((e["timestamp"] for e in self.stored.events),
-                                        default=run["completed_at"])
+        started: datetime = run["started_at"] or min(
+            (e["timestamp"] for e in self.stored.events), default=run["completed_at"])
+        return started
 
     def _node(self, node: Row) -> Span:
         kind, operation, name = CHAIN, None, node["name"] or node["node_type"]
