@@ -1,4 +1,5 @@
-"""Started by ``cmbagent_tracking.pth`` at interpreter start, only when CMBAGENT_COLLECTOR_URL is set.
+"""Started by ``cmbagent_tracking.pth`` at interpreter start, only when CMBAGENT_COLLECTOR_URL is
+set.
 
 It must cost next to nothing and never raise: it does not import AG2. For each watched module
 (``autogen``: classic AG2, whichever distribution provides it; ``ag2`` and ``ag2.network``: AG2

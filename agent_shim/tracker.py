@@ -219,7 +219,8 @@ class Tracker:
         return self._sink.flush(timeout)
 
     def after_fork(self) -> None:
-        """In a forked child: a fresh sink; the parent's implicit run stays the parent's to close."""
+        """In a forked child: a fresh sink; the parent's implicit run stays the parent's to
+        close."""
         self._lock = threading.Lock()
         self._process_run_owned = self._process_session_owned = False
         self._sink = self._sink.forked()

@@ -130,7 +130,8 @@ def main() -> None:
         for name in names[shift:] + names[:shift]:
             times[name].append(asyncio.run(time_turns(middlewares[name], args.turns)))
     base = times["baseline"]
-    added = {name: [t - b for t, b in zip(times[name], base, strict=True)] for name in ("otel", "ours")}
+    added = {name: [t - b for t, b in zip(times[name], base, strict=True)]
+             for name in ("otel", "ours")}
     print(f"AG2 1.x middleware per turn (2 LLM calls, 1 tool call), {args.rounds} rounds x "
           f"{args.turns} turns")
     print(f"  baseline (BaseMiddleware)    {Summary.of(base).scaled(1e6).format(' us')}")

@@ -112,7 +112,8 @@ def run(bench: Bench) -> list[Result]:
         provider.shutdown()
     clock = p50["bare"]
     cost = {name: {"p50": [v - c for v, c in zip(p50[name], clock, strict=True)],
-                   "p99": [v - c for v, c in zip(p99[name], clock, strict=True)]} for name in ("ours", "otel")}
+                   "p99": [v - c for v, c in zip(p99[name], clock, strict=True)]}
+            for name in ("ours", "otel")}
     results = []
     for q in ("p50", "p99"):
         ratio = ratios(cost["ours"][q], cost["otel"][q])

@@ -107,7 +107,8 @@ def run(bench: Bench) -> list[Result]:
     variants = {"ours": Cleaner().redact_text, "baseline": baseline_redact}
     sets = {"prose": [prose(4096, seed) for seed in range(count)]}
     sets["prose with secrets"] = [with_secrets(text) for text in sets["prose"]]
-    leaked = [s for s in SECRETS if any(s in variants["ours"](t) for t in sets["prose with secrets"][:5])]
+    leaked = [s for s in SECRETS
+              if any(s in variants["ours"](t) for t in sets["prose with secrets"][:5])]
     results = []
     for name, texts in sets.items():
         figures: dict[str, list[float]] = {variant: [] for variant in variants}

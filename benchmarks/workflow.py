@@ -60,7 +60,8 @@ def workflow(turns: int) -> None:
 
 
 def orm_sink(dsn: str) -> Any:
-    """A tracker sink writing like CMBAgent's EventRepository (synchronous ORM, commit per event)."""
+    """A tracker sink writing like CMBAgent's EventRepository (synchronous ORM, commit per
+    event)."""
     import msgpack
     from sqlalchemy import JSON, Column, DateTime, Integer, String, Text, create_engine
     from sqlalchemy.orm import Session, declarative_base

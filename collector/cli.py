@@ -244,7 +244,8 @@ def _command_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["bind"] = tuple(args.bind)
     if getattr(args, "no_migrate", False):
         overrides["migrate"] = False
-    for name in ("http_bind", "http_token", "curve_secret_key_file", "curve_allow_dir", "max_message_bytes"):
+    for name in ("http_bind", "http_token", "curve_secret_key_file", "curve_allow_dir",
+                 "max_message_bytes"):
         if getattr(args, name, None):
             overrides[name] = getattr(args, name)
     return overrides
@@ -283,8 +284,8 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the collector daemon")
     serve.add_argument("--bind", action="append",
-                       help="ZeroMQ endpoint to listen on, repeatable (env CMBAGENT_COLLECTOR_BIND; "
-                       "default tcp://127.0.0.1:5555)")
+                       help="ZeroMQ endpoint to listen on, repeatable "
+                       "(env CMBAGENT_COLLECTOR_BIND; default tcp://127.0.0.1:5555)")
     serve.add_argument("--no-migrate", action="store_true",
                        help="do not apply migrations at start")
     _http_flags(serve)
@@ -319,7 +320,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="rows deleted per transaction (default 5000)")
     prune.set_defaults(command=_prune)
 
-    keys = commands.add_parser("keys", help="make a CurveZMQ key pair (for the collector or an agent)")
+    keys = commands.add_parser(
+        "keys", help="make a CurveZMQ key pair (for the collector or an agent)")
     keys.add_argument("directory", type=Path)
     keys.add_argument("--name", default="collector",
                       help="file name stem: NAME.key (public) and NAME.key_secret")

@@ -306,7 +306,8 @@ def _as_uuid(value: Any, name: str) -> uuid.UUID:
 def _ts(r: dict[str, Any]) -> datetime:
     value = r.get("ts")
     # Within a century of the epoch's microseconds: anything else is a unit mix-up.
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 5_000_000_000_000_000:
+    if (isinstance(value, bool) or not isinstance(value, int)
+            or not 0 < value < 5_000_000_000_000_000):
         raise Reject("bad_record", f"ts must be integer microseconds, not {value!r}"[:200])
     return EPOCH + timedelta(microseconds=value)
 

@@ -211,7 +211,8 @@ def _render_events(page: Json) -> str:
         kind = e["event_type"] + (f"/{e['event_subtype']}" if e["event_subtype"] else "")
         duration = f"{e['duration_ms']:.0f}" if e["duration_ms"] is not None else "-"
         lines.append(f"{e['execution_order']:>8}  {e['timestamp'].strftime('%H:%M:%S.%f')[:12]}  "
-                     f"{_clip(kind, 27):<28}{e['status']:<10}{_clip(e['agent_name'] or '-', 17):<18}"
+                     f"{_clip(kind, 27):<28}{e['status']:<10}"
+                     f"{_clip(e['agent_name'] or '-', 17):<18}"
                      f"{_clip(e['node'] or '-', 21):<22}{duration:>7}  {_detail(e)}".rstrip())
     if page["next_after"] is not None:
         lines.append(f"-- more: --after {page['next_after']}")

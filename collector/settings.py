@@ -108,7 +108,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
-        """Defaults, then environment variables, then ``overrides`` (flags given on the command line)."""
+        """Defaults, then environment variables, then ``overrides`` (flags given on the command
+        line)."""
         values: dict[str, object] = {}
         if os.environ.get(BIND):
             values["bind"] = tuple(e.strip() for e in os.environ[BIND].split(",") if e.strip())
@@ -144,7 +145,8 @@ class Settings:
 
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a name or an address, IPv6 with or without brackets) is this machine only."""
+    """Whether ``host`` (a name or an address, IPv6 with or without brackets) is this machine
+    only."""
     host = host.strip("[]")
     if host == "localhost":
         return True

@@ -40,7 +40,8 @@ INSERT INTO quarantine (digest, reason, detail, sender, payload, payload_size)
 SELECT * FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::int[])
 ON CONFLICT (digest) DO UPDATE SET times_seen = quarantine.times_seen + 1, last_seen = now()
 """
-_SESSION_PLACEHOLDERS_SQL = "INSERT INTO sessions (id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING"
+_SESSION_PLACEHOLDERS_SQL = (
+    "INSERT INTO sessions (id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING")
 _RUN_PLACEHOLDERS_SQL = """
 INSERT INTO workflow_runs (id, session_id) SELECT * FROM unnest($1::uuid[], $2::uuid[])
 ON CONFLICT DO NOTHING

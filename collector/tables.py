@@ -143,7 +143,8 @@ class Table:
 
     def create_stage_sql(self) -> str:
         cols = ", ".join(f'"{c.name}" {c.stage_type}' for c in self.columns)
-        return f"CREATE TEMP TABLE IF NOT EXISTS {self.stage} ({cols}, ord integer) ON COMMIT DELETE ROWS"
+        return (f"CREATE TEMP TABLE IF NOT EXISTS {self.stage} ({cols}, ord integer) "
+                "ON COMMIT DELETE ROWS")
 
     def upsert_sql(self) -> str:
         names = ", ".join(f'"{c.name}"' for c in self.columns)
@@ -155,7 +156,8 @@ class Table:
         )
         key = ", ".join(f'"{k}"' for k in self.key)
         return (
-            f"INSERT INTO {self.name} AS t ({names}) SELECT {values} FROM {self.stage} ORDER BY ord "
+            f"INSERT INTO {self.name} AS t ({names}) "
+            f"SELECT {values} FROM {self.stage} ORDER BY ord "
             f"ON CONFLICT ({key}) DO UPDATE SET {updates} RETURNING (xmax = 0) AS inserted"
         )
 

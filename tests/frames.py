@@ -70,7 +70,8 @@ def exercise_bad_input(collector: CollectorProcess, kind: str) -> None:
         for i, frame in enumerate(bad):
             batch_id = new_id()
             good_ids.append(batch_id)
-            chunk = records[i * len(records) // (len(bad) + 1):(i + 1) * len(records) // (len(bad) + 1)]
+            parts = len(bad) + 1
+            chunk = records[i * len(records) // parts:(i + 1) * len(records) // parts]
             sock.send(encode_frame(batch_id, {}, chunk))
             sock.send(frame)
         batch_id = new_id()

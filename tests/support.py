@@ -129,7 +129,8 @@ class CollectorProcess:
         self.log = (self.data_dir / f"collector-{self.port}.log").open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "collector", *dsn, "--data-dir", str(self.data_dir), "serve",
-             "--bind", self.url, "--http", self.http, *self.extra], stdout=self.log, stderr=subprocess.STDOUT)
+             "--bind", self.url, "--http", self.http, *self.extra],
+            stdout=self.log, stderr=subprocess.STDOUT)
         wait_for(self._listening, timeout=60)
         return self
 

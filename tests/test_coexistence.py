@@ -32,12 +32,14 @@ SHARED_NAMES = {"sessions", "workflow_runs", "dag_nodes", "dag_edges", "executio
 
 def _fork_models() -> tuple[MetaData, type, type]:
     """The fork's own SQLAlchemy models (``cmbagent/database/models.py``): its metadata, Session
-    and WorkflowRun. Loaded alone, because importing the package pulls in AG2 and every LLM client."""
+    and WorkflowRun. Loaded alone, because importing the package pulls in AG2 and every LLM
+    client."""
     database = FORK / "cmbagent" / "database"
     assert (database / "models.py").is_file(), (
         f"the CMBAgent fork is not at {FORK}: set CMBAGENT_FORK_SOURCE to its source tree")
     saved = {name: sys.modules.get(name) for name in
-             ("cmbagent", "cmbagent.database", "cmbagent.database.base", "cmbagent.database.models")}
+             ("cmbagent", "cmbagent.database", "cmbagent.database.base",
+              "cmbagent.database.models")}
     try:
         for package in ("cmbagent", "cmbagent.database"):
             sys.modules[package] = ModuleType(package)

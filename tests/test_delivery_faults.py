@@ -134,8 +134,8 @@ def _curve_settings(keys: Path, broken: str) -> dict[str, str]:
     ("malformed server key", "is not a Z85 public key"),
 ])
 def test_a_dead_sender_says_what_to_fix_once_and_its_events_are_delivered_later(
-        database: str, collector: CollectorProcess, agent_env: dict[str, str], tmp_path: Path, broken: str,
-        says: str) -> None:
+        database: str, collector: CollectorProcess, agent_env: dict[str, str], tmp_path: Path,
+        broken: str, says: str) -> None:
     env = {**agent_env, "CMBAGENT_COLLECTOR_URL": collector.url}
     result = agent({**env, **_curve_settings(tmp_path / "keys", broken)},
                    "emit_and_exit", "3000", "0", "5")
@@ -291,8 +291,9 @@ def test_a_frame_the_collector_refuses_is_given_up_and_counted(
     run, records = good_records(10_001)
     is_event = [msgpack.unpackb(r)["k"] == "event" for r in records]
     # The session's and the run's records are delivered; the events come in the refused frame.
-    _frame_file(spool, "00000000000000aa", 1, [r for r, e in zip(records, is_event, strict=True) if not e])
-    refused = _frame_file(spool, "00000000000000aa", 2, [r for r, e in zip(records, is_event, strict=True) if e])
+    paired = list(zip(records, is_event, strict=True))
+    _frame_file(spool, "00000000000000aa", 1, [r for r, e in paired if not e])
+    refused = _frame_file(spool, "00000000000000aa", 2, [r for r, e in paired if e])
 
     _deliver_spool({**agent_env, "CMBAGENT_COLLECTOR_URL": collector.url})
     counts = tally(database, uuid.UUID(bytes=run))

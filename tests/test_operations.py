@@ -187,7 +187,8 @@ def test_two_collectors_on_one_database_store_redelivered_events_once(
     rows = fetchval(database, "SELECT count(*) FROM execution_events WHERE run_id = $1",
                     uuid.UUID(bytes=run))
     assert rows == 2000
-    assert fetchval(database, "SELECT count(DISTINCT execution_order) FROM execution_events") == 2000
+    assert fetchval(
+        database, "SELECT count(DISTINCT execution_order) FROM execution_events") == 2000
 
 
 def test_agent_fails_over_to_a_second_endpoint_with_nothing_lost(

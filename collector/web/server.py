@@ -86,7 +86,8 @@ async def serving(bind: str, dsn: str, *, schema: str = DEFAULT_SCHEMA,
 
 def make_app(pool: asyncpg.Pool, *, token: str | None, readiness: Readiness,
              metrics: Metrics | None, routes: Routes | None = None) -> web.Application:
-    app = web.Application(middlewares=[_security_headers, _require_token(token), api.bad_parameters])
+    app = web.Application(
+        middlewares=[_security_headers, _require_token(token), api.bad_parameters])
     app[api.POOL] = pool
 
     async def livez(request: web.Request) -> web.Response:

@@ -34,7 +34,8 @@ def test_scenario_is_captured_exactly_once(name, capture):
     askers = [e["agent"] for e in events if e["type"] == "tool_call"]
     if askers != expected.tool_askers:
         problems.append(f"tools asked for by {askers}, expected {expected.tool_askers}")
-    roles = {(e["agent"], (e["meta"] or {}).get("role")) for e in events if e["type"] == "agent_call"}
+    roles = {(e["agent"], (e["meta"] or {}).get("role"))
+             for e in events if e["type"] == "agent_call"}
     wrong = {(agent, role) for agent, role in roles if INTERNAL_ROLES.get(agent) != role}
     if wrong:
         problems.append(f"agent calls with a wrong internal role: {sorted(wrong, key=str)}")

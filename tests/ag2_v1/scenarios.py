@@ -280,7 +280,8 @@ async def network_workflow() -> Expected:
                              for name in ("triager", "reviewer")]
                     + [("lead", "message", "conversation"), ("triager", "handoff", "conversation"),
                        ("reviewer", "tool_call", "agent_call")],
-                    handoffs=[("triager", "handoff", "reviewer"), ("reviewer", "termination", None)])
+                    handoffs=[("triager", "handoff", "reviewer"),
+                              ("reviewer", "termination", None)])
 
 
 SCENARIOS: dict[str, Callable[[], Awaitable[Expected]]] = {

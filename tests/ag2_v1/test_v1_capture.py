@@ -44,7 +44,8 @@ class TestPricing:
         # own list price: $3 input, $0.30 cache read, $3.75 cache write, $15 output per MTok.
         tokens = Tokens(prompt=1000, completion=100, cached=2000, cache_write=500)
         price = PriceTable().price("anthropic", "claude-sonnet-4-5", tokens)
-        assert price.cost_usd == pytest.approx((1000 * 3 + 2000 * 0.3 + 500 * 3.75 + 100 * 15) / 1e6)
+        assert price.cost_usd == pytest.approx(
+            (1000 * 3 + 2000 * 0.3 + 500 * 3.75 + 100 * 15) / 1e6)
         assert price.record["status"] == "priced"
         assert price.record["version"] == genai_prices.__version__
 
