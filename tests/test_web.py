@@ -190,6 +190,8 @@ def test_ui_reads_without_zeromq_and_reports_an_old_schema(
         status, _, body = wait_for(lambda: (r := get(f"http://127.0.0.1:{port}/readyz"))[0] != 0
                                    and r, timeout=60)
         assert status == 503 and b"schema at revision None" in body
+        status, _, body = get(f"http://127.0.0.1:{port}/api/runs")
+        assert status == 503 and b"run `cmbagent-collector migrate`" in body
     finally:
         ui.terminate()
         output = ui.communicate(timeout=30)[0].decode()

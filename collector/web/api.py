@@ -9,7 +9,8 @@
 | ``GET /api/runs/{run}/events/{event}`` | one event, as in an events page |
 | ``GET /api/costs`` | tokens and cost by agent, model, run and day: of ``run``, or of the last ``days`` (30) |
 
-Errors are JSON too: ``{"error": "..."}`` with 400 (a parameter is wrong) or 404.
+Errors are JSON too: ``{"error": "..."}`` with 400 (a parameter is wrong), 404 (no such run or
+event) or 503 (the database is away, or has no tables yet).
 """
 
 from __future__ import annotations
@@ -109,6 +110,12 @@ async def _answer(request: web.Request, read: Read) -> web.Response:
             result = await read(connection)
     except reads.NotFound as exc:
         return _error(404, str(exc))
+    except asyncpg.UndefinedTableError:
+        return _error(503, "this database has no cmbagent-tracking tables yet: run "
+                           "`cmbagent-collector migrate` (or `serve`, which migrates) against it")
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError) as exc:
+        return _error(503, f"the database does not answer ({type(exc).__name__}: {exc}); "
+                           "/readyz says when it is back")
     return web.json_response(result, dumps=reads.dumps)
 
 
