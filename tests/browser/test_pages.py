@@ -111,7 +111,9 @@ def test_the_example_run_from_the_list_to_a_comparison_of_the_failed_step_and_it
     events = page.locator("#node-events li")
     expect(events.first).to_contain_text("workflow/step")
     expect(events.first).to_contain_text("the code of step 3 exited with an error")
+    page.set_viewport_size({"width": 1400, "height": 1400})  # the whole graph in the picture
     screenshot(page, "run")
+    page.set_viewport_size({"width": 1400, "height": 900})
 
     events.first.get_by_role("link").click()
     page.wait_for_selector("#event-error")

@@ -323,7 +323,9 @@ function pickedLink(node) {
 function preview(e) {
   const value = e.inputs && Object.keys(e.inputs).length ? e.inputs : e.outputs;
   if (!value) return "";
-  return value.content ?? value.code ?? JSON.stringify(value);
+  const text = value.content ?? value.code;
+  if (text === undefined || text === null) return JSON.stringify(value);
+  return typeof text === "string" ? text : JSON.stringify(text);
 }
 
 // --- event ----------------------------------------------------------------------------------
