@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -196,3 +197,44 @@ def test_ui_reads_without_zeromq_and_reports_an_old_schema(
         ui.terminate()
         output = ui.communicate(timeout=30)[0].decode()
     assert "listening on tcp" not in output  # no ZeroMQ socket
+
+
+#: A run that stays running until the file named by argv[1] exists.
+RUNNING = """
+import os, sys, time
+import agent_shim
+t = agent_shim.activate()
+with t.run("still going") as run:
+    with run.phase("control"):
+        print(f"run={run.uuid} flushed={t.flush(30)}", flush=True)
+        while not os.path.exists(sys.argv[1]):
+            time.sleep(0.05)
+"""
+
+
+def test_the_event_stream_follows_a_run_and_sigterm_still_stops_promptly(
+        collector: CollectorProcess, agent_env: dict[str, str], tmp_path: Path) -> None:
+    finish = tmp_path / "finish"
+    program = subprocess.Popen(
+        [sys.executable, "-c", RUNNING, str(finish)], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, **agent_env, "CMBAGENT_COLLECTOR_URL": collector.url,
+             "CMBAGENT_EXIT_TIMEOUT": "1"})
+    try:
+        assert program.stdout is not None
+        first = program.stdout.readline()
+        assert "flushed=True" in first, first
+        run = re.search(r"run=(\S+)", first).group(1)  # type: ignore[union-attr]
+        stream = urllib.request.urlopen(f"http://{collector.http}/api/runs/{run}/stream",
+                                        timeout=10)
+        assert stream.headers["Content-Type"] == "text/event-stream"
+        data = stream.readline().decode()
+        assert data.startswith("data: ")
+        assert json.loads(data[6:])["run"]["status"] == "running"
+        started = time.monotonic()
+        assert collector.stop(timeout=30) == 0
+        assert time.monotonic() - started < 10, "the open stream held the collector up"
+        assert "Traceback" not in collector.log_text()
+        stream.close()
+    finally:
+        finish.touch()
+        program.communicate(timeout=60)

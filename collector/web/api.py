@@ -87,21 +87,25 @@ async def stream(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
     last = ""
-    while True:
-        async with pool.acquire() as connection:
-            try:
-                current = await reads.tree(connection, run)
-            except reads.NotFound as exc:
-                await response.write(f"event: error\ndata: {reads.dumps(str(exc))}\n\n".encode())
+    try:
+        while True:
+            async with pool.acquire() as connection:
+                try:
+                    current = await reads.tree(connection, run)
+                except reads.NotFound as exc:
+                    await response.write(f"event: error\ndata: {reads.dumps(str(exc))}\n\n"
+                                         .encode())
+                    return response
+            text = reads.dumps(current)
+            if text != last:
+                await response.write(f"data: {text}\n\n".encode())
+                last = text
+            if current["run"]["status"] != "running":
+                await response.write(b"event: end\ndata: {}\n\n")
                 return response
-        text = reads.dumps(current)
-        if text != last:
-            await response.write(f"data: {text}\n\n".encode())
-            last = text
-        if current["run"]["status"] != "running":
-            await response.write(b"event: end\ndata: {}\n\n")
-            return response
-        await asyncio.sleep(STREAM_INTERVAL)
+            await asyncio.sleep(STREAM_INTERVAL)
+    except ConnectionResetError:  # the page went away: nothing to tell anyone
+        return response
 
 
 async def _answer(request: web.Request, read: Read) -> web.Response:

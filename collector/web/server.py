@@ -64,8 +64,10 @@ async def serving(bind: str, dsn: str, *, token: str | None = None,
                                       server_settings=reads.READ_ONLY)
     app = make_app(pool, token=token, readiness=readiness or _schema_readiness(pool),
                    metrics=metrics)
-    runner = web.AppRunner(app, access_log=None, max_line_size=MAX_HEADER_BYTES,
-                           max_field_size=MAX_HEADER_BYTES)
+    # Open event streams end with the run or the page; at shutdown they get a second, so a
+    # SIGTERM still stops the collector promptly.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0,
+                           max_line_size=MAX_HEADER_BYTES, max_field_size=MAX_HEADER_BYTES)
     await runner.setup()
     host, _, port = bind.rpartition(":")
     try:
