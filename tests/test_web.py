@@ -62,8 +62,10 @@ def test_api_answers_what_the_cli_prints_as_json(
     base = f"http://{collector.http}/api"
     assert get_json(f"{base}/runs") == json.loads(ok(dsn, "runs", "--json"))
     assert get_json(f"{base}/runs/{run}") == json.loads(ok(dsn, "tree", run, "--json"))
-    for query, flags in (("?limit=3", ("--limit", "3")), ("?limit=3&after=4", ("--limit", "3", "--after", "4")),
-                         ("?node=step_1", ("--node", "step_1")), ("?type=message", ("--type", "message"))):
+    for query, flags in (("?limit=3", ("--limit", "3")),
+                         ("?limit=3&after=4", ("--limit", "3", "--after", "4")),
+                         ("?node=step_1", ("--node", "step_1")),
+                         ("?type=message", ("--type", "message"))):
         assert get_json(f"{base}/runs/{run}/events{query}") == json.loads(
             ok(dsn, "events", run, "--json", *flags))
     first = get_json(f"{base}/runs/{run}/events?limit=1")["events"][0]

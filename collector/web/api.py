@@ -1,16 +1,8 @@
-"""The JSON API behind the pages: the shapes of the CLI's ``--json`` (see ``collector.reads``).
+"""The JSON API behind the pages, in the shapes of the CLI's ``--json`` (``collector.reads``).
 
-| route | returns |
-|---|---|
-| ``GET /api/runs`` | ``runs --json``: newest first; ``status``, ``q`` (text in the task), ``user``, ``since``, ``until`` (ISO dates), ``limit``; the next page with ``before=STARTED_AT,ID`` of the last run |
-| ``GET /api/runs/{run}`` | ``tree --json`` |
-| ``GET /api/runs/{run}/stream`` | server-sent events: the tree again whenever it changed, until the run has ended |
-| ``GET /api/runs/{run}/events`` | ``events --json``: ``node``, ``type``, ``after``, ``limit`` (at most 1000) |
-| ``GET /api/runs/{run}/events/{event}`` | one event, as in an events page |
-| ``GET /api/costs`` | tokens and cost by agent, model, run and day: of ``run``, or of the last ``days`` (30) |
-
-Errors are JSON too: ``{"error": "..."}`` with 400 (a parameter is wrong), 404 (no such run or
-event) or 503 (the database is away, or has no tables yet).
+Routes, parameters and errors: docs/web.md. Every read goes through the app's read-only pool;
+a wrong parameter is a 400, an unknown run or event a 404, a database that is away or has no
+tables yet a 503, each as ``{"error": "..."}`` saying what to do.
 """
 
 from __future__ import annotations

@@ -81,7 +81,8 @@ async def serving(bind: str, dsn: str, *, token: str | None = None,
 
 def make_app(pool: asyncpg.Pool, *, token: str | None, readiness: Readiness,
              metrics: Metrics | None) -> web.Application:
-    app = web.Application(middlewares=[_security_headers, _require_token(token), api.bad_parameters])
+    app = web.Application(
+        middlewares=[_security_headers, _require_token(token), api.bad_parameters])
     app[api.POOL] = pool
 
     async def livez(request: web.Request) -> web.Response:

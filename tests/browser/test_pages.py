@@ -220,7 +220,8 @@ def test_a_truncated_field_is_marked_with_its_original_size(
     page.locator("#node-events li a").first.click()
     page.wait_for_selector(".truncated")
     # The shim keeps 32,768 characters of the 40,005 and records the original size.
-    expect(page.locator("p .truncated")).to_have_text("inputs.content truncated (original 40005 chars) ")
+    expect(page.locator("p .truncated")).to_have_text(
+        "inputs.content truncated (original 40005 chars) ")
     expect(page.locator(".json-string + .truncated")).to_have_text(" truncated: 7237 more chars")
     screenshot(page, "event-truncated")
 
