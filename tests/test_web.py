@@ -140,6 +140,18 @@ def test_a_header_over_64_kib_gets_400_and_one_log_line(collector: CollectorProc
     assert "Traceback" not in log and "Error handling request" not in log
 
 
+def test_an_http_address_in_use_is_a_clear_refusal(collector: CollectorProcess,
+                                                  tmp_path: Path) -> None:
+    second = subprocess.run(
+        [sys.executable, "-m", "collector", "--dsn", collector.dsn or "", "--data-dir",
+         str(tmp_path), "serve", "--no-migrate", "--bind", f"tcp://127.0.0.1:{free_port()}",
+         "--http", collector.http], capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1
+    assert f"cannot serve HTTP on {collector.http}" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert get(f"http://{collector.http}/livez")[0] == 200  # the first one is untouched
+
+
 @pytest.mark.parametrize("command", ["serve", "ui"])
 def test_a_non_loopback_bind_without_a_token_is_refused(
         database: str, tmp_path: Path, command: str) -> None:

@@ -71,7 +71,12 @@ async def serving(bind: str, dsn: str, *, token: str | None = None,
     await runner.setup()
     host, _, port = bind.rpartition(":")
     try:
-        await web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port)).start()
+        try:
+            await web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port)).start()
+        except OSError as exc:
+            raise SystemExit(f"cannot serve HTTP on {bind} ({exc.strerror}): give --http another "
+                             "HOST:PORT (a second collector on this host needs its own), "
+                             "or --http off") from None
         log.info("web view, API and probes on http://%s/", bind)
         yield
     finally:
