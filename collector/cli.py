@@ -244,7 +244,8 @@ def _command_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["bind"] = tuple(args.bind)
     if getattr(args, "no_migrate", False):
         overrides["migrate"] = False
-    for name in ("http_bind", "http_token", "curve_secret_key_file", "curve_allow_dir", "max_message_bytes"):
+    for name in ("http_bind", "http_token", "curve_secret_key_file", "curve_allow_dir",
+                 "max_message_bytes"):
         if getattr(args, name, None):
             overrides[name] = getattr(args, name)
     return overrides
