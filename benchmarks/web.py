@@ -198,7 +198,7 @@ def run(bench: Bench) -> list[Result]:
     for name, block_list in timings.items():
         p50 = Summary.of(percentile(b, 50) for b in block_list)
         p99 = Summary.of(percentile(b, 99) for b in block_list)
-        results.append(Result("7 web", f"GET {name}, 1M events",
+        results.append(Result("8 web", f"GET {name}, 1M events",
                               f"p50 {p50.format(' ms')}, p99 {p99.format(' ms')}",
                               goal=f"p99 < {GOAL_JSON_MS:.0f} ms", met=p99.median < GOAL_JSON_MS))
 
@@ -214,7 +214,7 @@ def run(bench: Bench) -> list[Result]:
     for name, values in times.items():
         summary = Summary.of(values)
         goal = GOALS_PAGE_MS.get(name)
-        results.append(Result("7 web", f"page usable: {name}", summary.format(" ms"),
+        results.append(Result("8 web", f"page usable: {name}", summary.format(" ms"),
                               goal=f"< {goal:.0f} ms" if goal else "-",
                               met=summary.median < goal if goal else None,
                               note="headless Chromium, navigation start to drawn"))
