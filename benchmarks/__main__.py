@@ -14,10 +14,11 @@ import sys
 import time
 import traceback
 
-PARTS = ("emit", "workflow", "throughput", "latency", "reads", "memory", "redaction")
+PARTS = ("emit", "workflow", "throughput", "latency", "reads", "memory", "redaction", "web")
 REQUIREMENTS = {"opentelemetry.sdk": "opentelemetry-sdk", "sqlalchemy": "SQLAlchemy",
                 "psycopg2": "psycopg2-binary", "psutil": "psutil", "autogen": "ag2",
-                "asyncpg": "asyncpg (the [collector] extra)"}
+                "asyncpg": "asyncpg (the [collector] extra)",
+                "playwright": "playwright (the [browser] extra)"}
 
 
 def _missing() -> list[str]:

@@ -87,7 +87,8 @@ class Collector:
         self.log = bench.scratch / f"collector-{self.port}.log"
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "collector", "--dsn", dsn, "serve", "--bind", self.url],
+                [sys.executable, "-m", "collector", "--dsn", dsn, "serve", "--bind", self.url,
+                 "--http", "off"],
                 stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while not _listening(self.port):

@@ -11,8 +11,8 @@ The queries are the read commands' and the web API's own (``collector.reads``): 
 run's nodes with per-node event counts, durations, token and cost totals), ``events`` (a page
 of 100 of the timeline, keyset after a random ``execution_order``), ``events --node`` (100 of
 a node's events) and ``runs`` (20 runs with their totals). A run's totals alone has no command;
-its SQL here is the per-run part of ``runs`` for one run. Each is timed from the client (asyncpg,
-one connection, statements prepared as a long-lived reader has them), on random runs.
+its SQL here is the per-run part of ``runs`` for one run. Each is timed from the client
+(asyncpg, one connection, statements prepared as a long-lived reader has them), on random runs.
 """
 
 from __future__ import annotations

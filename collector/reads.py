@@ -178,12 +178,12 @@ async def costs(connection: asyncpg.Connection, run: uuid.UUID | None = None,
                 days: int = 30) -> Json:
     """Tokens and cost by agent and by model (of one run, or of the last ``days``), by run and
     by day."""
-    params: list[Any]
+    params: list[Any] = [run] if run is not None else [days]
     if run is not None:
         await _require_run(connection, run)
-        scope, params = "run_id = $1", [run]
+        scope = "run_id = $1"
     else:
-        scope, params = "\"timestamp\" >= now() - make_interval(days => $1)", [days]
+        scope = "\"timestamp\" >= now() - make_interval(days => $1)"
 
     async def grouped(key: str) -> list[Json]:
         rows = await connection.fetch(
@@ -217,7 +217,7 @@ async def _subtree(connection: asyncpg.Connection, run: uuid.UUID, node: str) ->
         found = "no node" if not matches else f"{len(matches)} nodes"
         raise NotFound(f"{found} named {node!r} in run {run}; give a node id or a "
                        "parent/child path as `cmbagent-collector tree` shows them")
-    chosen = matches[0]["id"]
+    chosen: uuid.UUID = matches[0]["id"]
     return [chosen, *(r["id"] for r in rows if r["parent_node_id"] == chosen)]
 
 

@@ -145,8 +145,7 @@ class Settings:
 
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a name or an address, IPv6 with or without brackets) is this machine
-    only."""
+    """Whether ``host`` (a name, or an address, IPv6 with or without brackets) is this machine."""
     host = host.strip("[]")
     if host == "localhost":
         return True

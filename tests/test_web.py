@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -139,6 +140,18 @@ def test_a_header_over_64_kib_gets_400_and_one_log_line(collector: CollectorProc
     assert "Traceback" not in log and "Error handling request" not in log
 
 
+def test_an_http_address_in_use_is_a_clear_refusal(collector: CollectorProcess,
+                                                  tmp_path: Path) -> None:
+    second = subprocess.run(
+        [sys.executable, "-m", "collector", "--dsn", collector.dsn or "", "--data-dir",
+         str(tmp_path), "serve", "--no-migrate", "--bind", f"tcp://127.0.0.1:{free_port()}",
+         "--http", collector.http], capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1
+    assert f"cannot serve HTTP on {collector.http}" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert get(f"http://{collector.http}/livez")[0] == 200  # the first one is untouched
+
+
 @pytest.mark.parametrize("command", ["serve", "ui"])
 def test_a_non_loopback_bind_without_a_token_is_refused(
         database: str, tmp_path: Path, command: str) -> None:
@@ -192,7 +205,50 @@ def test_ui_reads_without_zeromq_and_reports_an_old_schema(
         status, _, body = wait_for(lambda: (r := get(f"http://127.0.0.1:{port}/readyz"))[0] != 0
                                    and r, timeout=60)
         assert status == 503 and b"schema at revision None" in body
+        status, _, body = get(f"http://127.0.0.1:{port}/api/runs")
+        assert status == 503 and b"run `cmbagent-collector migrate`" in body
     finally:
         ui.terminate()
         output = ui.communicate(timeout=30)[0].decode()
     assert "listening on tcp" not in output  # no ZeroMQ socket
+
+
+#: A run that stays running until the file named by argv[1] exists.
+RUNNING = """
+import os, sys, time
+import agent_shim
+t = agent_shim.activate()
+with t.run("still going") as run:
+    with run.phase("control"):
+        print(f"run={run.uuid} flushed={t.flush(30)}", flush=True)
+        while not os.path.exists(sys.argv[1]):
+            time.sleep(0.05)
+"""
+
+
+def test_the_event_stream_follows_a_run_and_sigterm_still_stops_promptly(
+        collector: CollectorProcess, agent_env: dict[str, str], tmp_path: Path) -> None:
+    finish = tmp_path / "finish"
+    program = subprocess.Popen(
+        [sys.executable, "-c", RUNNING, str(finish)], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, **agent_env, "CMBAGENT_COLLECTOR_URL": collector.url,
+             "CMBAGENT_EXIT_TIMEOUT": "1"})
+    try:
+        assert program.stdout is not None
+        first = program.stdout.readline()
+        assert "flushed=True" in first, first
+        run = re.search(r"run=(\S+)", first).group(1)  # type: ignore[union-attr]
+        stream = urllib.request.urlopen(f"http://{collector.http}/api/runs/{run}/stream",
+                                        timeout=10)
+        assert stream.headers["Content-Type"] == "text/event-stream"
+        data = stream.readline().decode()
+        assert data.startswith("data: ")
+        assert json.loads(data[6:])["run"]["status"] == "running"
+        started = time.monotonic()
+        assert collector.stop(timeout=30) == 0
+        assert time.monotonic() - started < 10, "the open stream held the collector up"
+        assert "Traceback" not in collector.log_text()
+        stream.close()
+    finally:
+        finish.touch()
+        program.communicate(timeout=60)

@@ -1,15 +1,8 @@
-"""The JSON API behind the pages: the shapes of the CLI's ``--json`` (see ``collector.reads``).
+"""The JSON API behind the pages, in the shapes of the CLI's ``--json`` (``collector.reads``).
 
-| route | returns |
-|---|---|
-| ``GET /api/runs`` | ``runs --json``: newest first; ``status``, ``q`` (text in the task), ``user``, ``since``, ``until`` (ISO dates), ``limit``; the next page with ``before=STARTED_AT,ID`` of the last run |
-| ``GET /api/runs/{run}`` | ``tree --json`` |
-| ``GET /api/runs/{run}/stream`` | server-sent events: the tree again whenever it changed, until the run has ended |
-| ``GET /api/runs/{run}/events`` | ``events --json``: ``node``, ``type``, ``after``, ``limit`` (at most 1000) |
-| ``GET /api/runs/{run}/events/{event}`` | one event, as in an events page |
-| ``GET /api/costs`` | tokens and cost by agent, model, run and day: of ``run``, or of the last ``days`` (30) |
-
-Errors are JSON too: ``{"error": "..."}`` with 400 (a parameter is wrong) or 404.
+Routes, parameters and errors: docs/web.md. Every read goes through the app's read-only pool;
+a wrong parameter is a 400, an unknown run or event a 404, a database that is away or has no
+tables yet a 503, each as ``{"error": "..."}`` saying what to do.
 """
 
 from __future__ import annotations
@@ -86,21 +79,25 @@ async def stream(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
     last = ""
-    while True:
-        async with pool.acquire() as connection:
-            try:
-                current = await reads.tree(connection, run)
-            except reads.NotFound as exc:
-                await response.write(f"event: error\ndata: {reads.dumps(str(exc))}\n\n".encode())
+    try:
+        while True:
+            async with pool.acquire() as connection:
+                try:
+                    current = await reads.tree(connection, run)
+                except reads.NotFound as exc:
+                    await response.write(f"event: error\ndata: {reads.dumps(str(exc))}\n\n"
+                                         .encode())
+                    return response
+            text = reads.dumps(current)
+            if text != last:
+                await response.write(f"data: {text}\n\n".encode())
+                last = text
+            if current["run"]["status"] != "running":
+                await response.write(b"event: end\ndata: {}\n\n")
                 return response
-        text = reads.dumps(current)
-        if text != last:
-            await response.write(f"data: {text}\n\n".encode())
-            last = text
-        if current["run"]["status"] != "running":
-            await response.write(b"event: end\ndata: {}\n\n")
-            return response
-        await asyncio.sleep(STREAM_INTERVAL)
+            await asyncio.sleep(STREAM_INTERVAL)
+    except ConnectionResetError:  # the page went away: nothing to tell anyone
+        return response
 
 
 async def _answer(request: web.Request, read: Read) -> web.Response:
@@ -109,6 +106,12 @@ async def _answer(request: web.Request, read: Read) -> web.Response:
             result = await read(connection)
     except reads.NotFound as exc:
         return _error(404, str(exc))
+    except asyncpg.UndefinedTableError:
+        return _error(503, "this database has no cmbagent-tracking tables yet: run "
+                           "`cmbagent-collector migrate` (or `serve`, which migrates) against it")
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError) as exc:
+        return _error(503, f"the database does not answer ({type(exc).__name__}: {exc}); "
+                           "/readyz says when it is back")
     return web.json_response(result, dumps=reads.dumps)
 
 

@@ -71,12 +71,19 @@ async def serving(bind: str, dsn: str, *, schema: str = DEFAULT_SCHEMA,
                                                        **reads.READ_ONLY})
     app = make_app(pool, token=token, readiness=readiness or _schema_readiness(pool),
                    metrics=metrics, routes=routes)
-    runner = web.AppRunner(app, access_log=None, max_line_size=MAX_HEADER_BYTES,
-                           max_field_size=MAX_HEADER_BYTES)
+    # Open event streams end with the run or the page; at shutdown they get a second, so a
+    # SIGTERM still stops the collector promptly.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0,
+                           max_line_size=MAX_HEADER_BYTES, max_field_size=MAX_HEADER_BYTES)
     await runner.setup()
     host, _, port = bind.rpartition(":")
     try:
-        await web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port)).start()
+        try:
+            await web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port)).start()
+        except OSError as exc:
+            raise SystemExit(f"cannot serve HTTP on {bind} ({exc.strerror}): give --http another "
+                             "HOST:PORT (a second collector on this host needs its own), "
+                             "or --http off") from None
         log.info("web view, API and probes on http://%s/", bind)
         yield
     finally:

@@ -32,6 +32,7 @@ with t.run("task " + P) as run:
                 t.event("message", agent_name="eng" + P, inputs={{"content": "message " + P}})
                 t.event("tool_call", agent_name="eng" + P,
                         inputs={{"name": "lookup", "arguments": {{"query": "argument " + P}}}})
+                t.event("message", agent_name="reader", inputs={{"content": "long " + "x" * 40000}})
 print(f"run={{run.uuid}} flushed={{t.flush(30)}}")
 """
 
@@ -111,7 +112,9 @@ def test_the_example_run_from_the_list_to_a_comparison_of_the_failed_step_and_it
     events = page.locator("#node-events li")
     expect(events.first).to_contain_text("workflow/step")
     expect(events.first).to_contain_text("the code of step 3 exited with an error")
+    page.set_viewport_size({"width": 1400, "height": 1400})  # the whole graph in the picture
     screenshot(page, "run")
+    page.set_viewport_size({"width": 1400, "height": 900})
 
     events.first.get_by_role("link").click()
     page.wait_for_selector("#event-error")
@@ -160,6 +163,10 @@ def test_a_running_step_turns_completed_without_a_reload(
         first = program.stdout.readline()
         assert "flushed=True" in first, first
         run = re.search(r"run=(\S+)", first).group(1)  # type: ignore[union-attr]
+        runs = page.context.new_page()
+        open_page(runs, f"http://{collector.http}/")
+        expect(runs.locator(f'#runs tr[data-run="{run}"]')).to_have_attribute("data-status",
+                                                                             "running")
         open_page(page, f"http://{collector.http}/runs/{run}")
         expect(node(page, "step_1")).to_have_attribute("data-status", "running")
         expect(page.locator("#run-status")).to_have_attribute("data-status", "running")
@@ -169,6 +176,8 @@ def test_a_running_step_turns_completed_without_a_reload(
         expect(node(page, "step_1")).to_have_attribute("data-status", "completed", timeout=20_000)
         expect(page.locator("#run-status")).to_have_attribute("data-status", "completed")
         assert page.evaluate("window.__same_page") is True  # updated in place, not reloaded
+        expect(runs.locator(f'#runs tr[data-run="{run}"]')).to_have_attribute(
+            "data-status", "completed", timeout=20_000)  # the runs list follows too
     finally:
         signal.touch()
         assert "flushed=True" in program.communicate(timeout=60)[0]
@@ -203,6 +212,21 @@ def test_planted_markup_is_shown_as_text_and_executes_nothing(
     expect(page.locator("main")).to_contain_text(
         "argument <script>window.__pwned=1</script><img src=x onerror=")
     screenshot(page, "hostile-event")
+
+
+def test_a_truncated_field_is_marked_with_its_original_size(
+        page: Page, collector: CollectorProcess, agent_env: dict[str, str]) -> None:
+    run = run_program(collector, agent_env, "-c", HOSTILE)
+    base = f"http://{collector.http}"
+    open_page(page, f"{base}/runs/{run}")
+    page.locator('svg.dag g.agent[data-name="reader"]').click()
+    page.locator("#node-events li a").first.click()
+    page.wait_for_selector(".truncated")
+    # The shim keeps 32,768 characters of the 40,005 and records the original size.
+    expect(page.locator("p .truncated")).to_have_text(
+        "inputs.content truncated (original 40005 chars) ")
+    expect(page.locator(".json-string + .truncated")).to_have_text(" truncated: 7237 more chars")
+    screenshot(page, "event-truncated")
 
 
 def test_the_timeline_keeps_only_the_rows_in_view_in_the_page(
