@@ -102,13 +102,23 @@ def template_database(postgres_admin: str) -> Iterator[str]:
     execute(postgres_admin, f"DROP DATABASE {name} WITH (FORCE)")
 
 
+@contextmanager
+def migrated_database(postgres_admin: str, template_database: str,
+                      prefix: str = "cmbtest") -> Iterator[str]:
+    """A fresh, migrated database (a clone of the template) while the block runs; its DSN."""
+    name = new_name(prefix)
+    execute(postgres_admin, f"CREATE DATABASE {name} TEMPLATE {template_database}")
+    try:
+        yield _with_database(postgres_admin, name)
+    finally:
+        execute(postgres_admin, f"DROP DATABASE {name} WITH (FORCE)")
+
+
 @pytest.fixture
 def database(postgres_admin: str, template_database: str) -> Iterator[str]:
     """A fresh, migrated database of this test's own; its DSN."""
-    name = new_name("cmbtest")
-    execute(postgres_admin, f"CREATE DATABASE {name} TEMPLATE {template_database}")
-    yield _with_database(postgres_admin, name)
-    execute(postgres_admin, f"DROP DATABASE {name} WITH (FORCE)")
+    with migrated_database(postgres_admin, template_database) as dsn:
+        yield dsn
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from collector.otlp.export import requests
 from collector.otlp.spans import run_spans
 from collector.schema import connect
 
-from .conftest import _with_database
+from .conftest import migrated_database
 from .support import (
     CollectorProcess,
     agent,
@@ -40,7 +40,6 @@ from .support import (
     fetch,
     fetchval,
     free_port,
-    new_name,
     run_async,
     wait_for,
 )
@@ -51,10 +50,8 @@ PROTOBUF = "application/x-protobuf"
 
 @pytest.fixture
 def second_database(postgres_admin: str, template_database: str) -> Iterator[str]:
-    name = new_name("cmbtest_otlp")
-    execute(postgres_admin, f"CREATE DATABASE {name} TEMPLATE {template_database}")
-    yield _with_database(postgres_admin, name)
-    execute(postgres_admin, f"DROP DATABASE {name} WITH (FORCE)")
+    with migrated_database(postgres_admin, template_database, "cmbtest_otlp") as dsn:
+        yield dsn
 
 
 def post(url: str, body: bytes, content_type: str = PROTOBUF,
