@@ -24,20 +24,7 @@ MATRIX=(
 BESIDE=("autogen[openai]==0.14.1")
 TEST_TOOLS=(pytest pytest-timeout hypothesis pyyaml)
 
-if [[ -n "${AG2_MATRIX_DIR:-}" ]]; then
-  WORK="$AG2_MATRIX_DIR"; mkdir -p "$WORK"
-else
-  WORK="$(mktemp -d -t ag2-1x.XXXXXX)"; trap 'rm -rf "$WORK"' EXIT
-fi
-
-# The repository is copied so that building it leaves no build/ or *.egg-info in the work tree.
-SRC="$WORK/src"
-rm -rf "$SRC" && mkdir -p "$SRC"
-tar -C "$REPO" --exclude=.git --exclude='.venv' --exclude='.ci-venvs' --exclude='__pycache__' \
-  --exclude=build -cf - . | tar -C "$SRC" -xf -
-
-summary=()
-status=0
+ci_workdir AG2_MATRIX_DIR ag2-1x
 for entry in "${MATRIX[@]}"; do
   label="${entry%%|*}"
   read -r -a requirements <<< "${entry#*|}"
@@ -46,22 +33,13 @@ for entry in "${MATRIX[@]}"; do
   echo "=== $label: ${requirements[*]}"
   if ! ci_venv "$venv" "$PYTHON" "$WORK/$label.pip.log" "$SRC[collector,pricing]" \
         "${requirements[@]}" "${BESIDE[@]}" "${TEST_TOOLS[@]}"; then
-    summary+=("$label: FAILED to install"); status=1; continue
+    SUMMARY+=("$label: FAILED to install"); STATUS=1; continue
   fi
   version="$("$venv/bin/python" -c 'import ag2; print(ag2.__version__)')"
   echo "--- $label provides ag2 $version"
   # Programs the tests start run the *installed* agent_shim (the startup hook); the tests
   # themselves import the copy's identical source.
-  log="$WORK/$label.log"
-  if (cd "$SRC" && "$venv/bin/python" -m pytest tests/ag2_v1 -q -p no:cacheprovider 2>&1 \
-        | tee "$log"); then
-    result="$(tail -n 1 "$log")"
-  else
-    result="FAILED: $(tail -n 1 "$log")"; status=1
-  fi
-  summary+=("$label (ag2 $version): $result")
+  ci_pytest "$label (ag2 $version)" "$venv" "$SRC" tests/ag2_v1
 done
 
-echo "=== AG2 1.x matrix"
-printf '%s\n' "${summary[@]}"
-exit "$status"
+ci_summary "AG2 1.x matrix"

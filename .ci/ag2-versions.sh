@@ -21,19 +21,7 @@ MATRIX=(
 )
 TEST_TOOLS=(pytest pytest-timeout hypothesis)
 
-if [[ -n "${AG2_MATRIX_DIR:-}" ]]; then
-  WORK="$AG2_MATRIX_DIR"; mkdir -p "$WORK"
-else
-  WORK="$(mktemp -d -t ag2-matrix.XXXXXX)"; trap 'rm -rf "$WORK"' EXIT
-fi
-
-# The repository is copied so that building it leaves no build/ or *.egg-info in the work tree.
-SRC="$WORK/src"
-rm -rf "$SRC" && mkdir -p "$SRC"
-tar -C "$REPO" --exclude=.git --exclude='.ci-venvs' --exclude='__pycache__' -cf - . | tar -C "$SRC" -xf -
-
-summary=()
-status=0
+ci_workdir AG2_MATRIX_DIR ag2-matrix
 for entry in "${MATRIX[@]}"; do
   label="${entry%%|*}"
   read -r -a requirements <<< "${entry#*|}"
@@ -42,23 +30,14 @@ for entry in "${MATRIX[@]}"; do
   echo "=== $label: ${requirements[*]}"
   if ! ci_venv "$venv" "$PYTHON" "$WORK/$label.pip.log" "$SRC" "${requirements[@]}" \
         "${TEST_TOOLS[@]}"; then
-    summary+=("$label: FAILED to install"); status=1; continue
+    SUMMARY+=("$label: FAILED to install"); STATUS=1; continue
   fi
   version="$("$venv/bin/python" -c 'import autogen; print(autogen.__version__)')"
   echo "--- $label provides autogen $version"
   # Run inside tests/ag2 so that the *installed* agent_shim is tested, not the source tree's
   # (which is not on sys.path from there). --confcutdir keeps tests/conftest.py (collector
   # fixtures, which need the collector's dependencies) out of this run.
-  log="$WORK/$label.log"
-  if (cd "$SRC/tests/ag2" && "$venv/bin/python" -m pytest . -q -p no:cacheprovider \
-        --rootdir "$SRC" --confcutdir . 2>&1 | tee "$log"); then
-    result="$(tail -n 1 "$log")"
-  else
-    result="FAILED: $(tail -n 1 "$log")"; status=1
-  fi
-  summary+=("$label (autogen $version): $result")
+  ci_pytest "$label (autogen $version)" "$venv" "$SRC/tests/ag2" . --rootdir "$SRC" --confcutdir .
 done
 
-echo "=== AG2 matrix"
-printf '%s\n' "${summary[@]}"
-exit "$status"
+ci_summary "AG2 matrix"

@@ -36,20 +36,10 @@ MATRIX=(
 )
 TEST_TOOLS=(pytest pytest-timeout)
 
-if [[ -n "${CMBAGENT_MATRIX_DIR:-}" ]]; then
-  WORK="$CMBAGENT_MATRIX_DIR"; mkdir -p "$WORK"
-else
-  WORK="$(mktemp -d -t cmbagent-matrix.XXXXXX)"; trap 'rm -rf "$WORK"' EXIT
-fi
-
-# Copies: building leaves no build/ or *.egg-info in the work tree, and shared/ is read-only.
-SRC="$WORK/src"
-rm -rf "$SRC" && mkdir -p "$SRC"
-tar -C "$REPO" --exclude=.git --exclude='.venv' --exclude='__pycache__' -cf - . | tar -C "$SRC" -xf -
+ci_workdir CMBAGENT_MATRIX_DIR cmbagent-matrix
+# shared/ is read-only: the fork is copied too.
 rm -rf "$WORK/fork-src" && cp -r "$FORK" "$WORK/fork-src"
 
-summary=()
-status=0
 for entry in "${MATRIX[@]}"; do
   IFS='|' read -r label tests requirements <<< "$entry"
   if [[ $# -gt 0 && "$label" != *"$1"* ]]; then continue; fi
@@ -61,25 +51,16 @@ for entry in "${MATRIX[@]}"; do
     # Editable: its wheel leaves out cmbagent/keywords/*.pkl. Its own dependency list is not
     # installable as declared, hence --no-deps and the list above.
     ci_venv "$venv" "$PYTHON312" "$WORK/$label.pip.log" --no-deps -e "$WORK/fork-src" \
-      || { summary+=("$label: FAILED to install"); status=1; continue; }
+      || { SUMMARY+=("$label: FAILED to install"); STATUS=1; continue; }
   fi
   if ! ci_venv "$venv" "$PYTHON312" "$WORK/$label.pip.log" "$SRC" "${requirements[@]}" \
         "${TEST_TOOLS[@]}"; then
-    summary+=("$label: FAILED to install"); status=1; continue
+    SUMMARY+=("$label: FAILED to install"); STATUS=1; continue
   fi
   echo "--- $label installed in $((SECONDS - start)) s"
   # Inside the test folder, so that the *installed* agent_shim is tested; --confcutdir keeps
   # tests/conftest.py (the collector's fixtures) out.
-  log="$WORK/$label.log"
-  if (cd "$SRC/$tests" && "$venv/bin/python" -m pytest . -q -p no:cacheprovider \
-        --rootdir "$SRC" --confcutdir . 2>&1 | tee "$log"); then
-    result="$(tail -n 1 "$log")"
-  else
-    result="FAILED: $(tail -n 1 "$log")"; status=1
-  fi
-  summary+=("$label: $result")
+  ci_pytest "$label" "$venv" "$SRC/$tests" . --rootdir "$SRC" --confcutdir .
 done
 
-echo "=== CMBAgent versions"
-printf '%s\n' "${summary[@]}"
-exit "$status"
+ci_summary "CMBAgent versions"

@@ -18,3 +18,40 @@ ci_venv() {
     tail -n 30 "$log"; return 1
   fi
 }
+
+# ci_workdir KEEP_VARIABLE PREFIX: sets WORK (the directory named by KEEP_VARIABLE when it is set,
+# kept for reuse; else a temporary one removed at exit) and SRC, a copy of the repository in it
+# (tests run from the copy, against what is installed, and leave nothing in the work tree).
+ci_workdir() {
+  local keep=$1 prefix=$2
+  if [[ -n "${!keep:-}" ]]; then
+    WORK="${!keep}"; mkdir -p "$WORK"
+  else
+    WORK="$(mktemp -d -t "$prefix.XXXXXX")"; trap 'rm -rf "$WORK"' EXIT
+  fi
+  SRC="$WORK/src"
+  rm -rf "$SRC" && mkdir -p "$SRC"
+  tar -C "$REPO" --exclude=.git --exclude='.venv*' --exclude=.ci-tools --exclude=__pycache__ \
+    --exclude=build --exclude=browser-artifacts -cf - . | tar -C "$SRC" -xf -
+  SUMMARY=()
+  STATUS=0
+}
+
+# ci_pytest LABEL VENV DIR [pytest arguments...]: pytest with VENV's Python in DIR; its last line
+# goes into SUMMARY, a failure into STATUS.
+ci_pytest() {
+  local label=$1 venv=$2 dir=$3; shift 3
+  local log="$WORK/${label%% *}.log"
+  if (cd "$dir" && "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@" 2>&1 | tee "$log"); then
+    SUMMARY+=("$label: $(tail -n 1 "$log")")
+  else
+    SUMMARY+=("$label: FAILED: $(tail -n 1 "$log")"); STATUS=1
+  fi
+}
+
+# ci_summary TITLE: what each entry gave; exits with the matrix's status.
+ci_summary() {
+  echo "=== $1"
+  printf '%s\n' "${SUMMARY[@]}"
+  exit "$STATUS"
+}
