@@ -30,6 +30,7 @@ import pytest
 import yaml  # PyYAML: a dependency of ag2, so of the test extra
 
 from collector import schema
+from collector.settings import HTTP_BIND, METRICS_BIND
 
 from .support import CollectorProcess, execute, fetchval, free_port
 
@@ -106,7 +107,7 @@ def test_env_file_example_is_plain_key_value() -> None:
             key, _, value = line.partition("=")
             assert known.match(key) and value and not value.startswith(("'", '"')), line
             names.add(key)
-    assert {"CMBAGENT_COLLECTOR_BIND", "CMBAGENT_TRACKING_DATABASE_URL", "CMBAGENT_METRICS_BIND",
+    assert {"CMBAGENT_COLLECTOR_BIND", "CMBAGENT_TRACKING_DATABASE_URL", "CMBAGENT_HTTP_BIND",
             "CMBAGENT_CURVE_SECRET_KEY_FILE", "CMBAGENT_CURVE_ALLOW_DIR"} <= names
 
 
@@ -142,7 +143,7 @@ def test_dockerfile_is_non_root_with_healthcheck() -> None:
     assert ops["STOPSIGNAL"] == "SIGTERM"
     env = ops["ENV"]
     assert "CMBAGENT_COLLECTOR_BIND=tcp://0.0.0.0:5555" in env
-    assert "CMBAGENT_METRICS_BIND=0.0.0.0:9555" in env
+    assert "CMBAGENT_HTTP_BIND=0.0.0.0:9555" in env
     assert sum(op == "FROM" for op, _ in instructions) == 2  # build stage, then runtime
     assert any(op == "RUN" and '"/src[collector]"' in arg for op, arg in instructions)
 
@@ -235,20 +236,32 @@ def readiness_server() -> Iterator[tuple[ThreadingHTTPServer, type[_Readiness]]]
     server.server_close()
 
 
-def run_healthcheck(bind: str) -> subprocess.CompletedProcess[str]:
+def run_healthcheck(bind: str, variable: str = HTTP_BIND) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in (HTTP_BIND, METRICS_BIND)}
     return subprocess.run([sys.executable, str(DEPLOY / "healthcheck.py")],
-                          env={**os.environ, "CMBAGENT_METRICS_BIND": bind},
-                          capture_output=True, text=True, timeout=30)
+                          env={**env, variable: bind}, capture_output=True, text=True, timeout=30)
 
 
 def test_healthcheck_follows_readyz(readiness_server: tuple) -> None:
     server, handler = readiness_server
     port = server.server_address[1]
     assert run_healthcheck(f"0.0.0.0:{port}").returncode == 0  # a wildcard: asked on loopback
+    # The older name, still honoured by the collector, is followed too.
+    assert run_healthcheck(f"127.0.0.1:{port}", METRICS_BIND).returncode == 0
     handler.status = 503
     result = run_healthcheck(f"127.0.0.1:{port}")
     assert result.returncode == 1 and "not ready" in result.stdout
     assert run_healthcheck(f"127.0.0.1:{free_port()}").returncode == 1  # nothing listening
+    off = run_healthcheck("off")
+    assert off.returncode == 1 and "serves no /readyz" in off.stdout, off
+
+
+def test_deploy_files_name_the_http_address_by_its_current_name() -> None:
+    """The collector still reads the older CMBAGENT_METRICS_BIND, but deploy/ teaches the
+    current name only, so an operator copying it never sets the two apart."""
+    stale = [path.name for path in DEPLOY.rglob("*") if path.is_file()
+             and METRICS_BIND in path.read_text()]
+    assert stale == []
 
 
 # --- least-privilege roles, on a real PostgreSQL -----------------------------------------------
