@@ -1,4 +1,8 @@
-"""``cmbagent-collector``: run the daemon, manage the schema."""
+"""``cmbagent-collector``: its arguments, its logging, and what each command does with them.
+
+The read commands fetch through ``reads`` (JSON-ready data, as the web API serves it) and print
+that data as JSON or as ``render``'s text.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +17,14 @@ import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .queries import _positive, add_commands
+import asyncpg
+
+from . import reads, render
+from .options import database, execution_order, positive, run_id
 from .settings import Settings, SettingsError, redact_dsn
 
 log = logging.getLogger("collector")
@@ -191,18 +199,45 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def database(settings: Settings) -> tuple[str, Any]:
-    """The configured DSN, or the embedded server's (started on demand) and its handle."""
-    if settings.dsn:
-        return settings.dsn, None
-    from .embedded import start_embedded
+Query = Callable[[argparse.Namespace], reads.Read[Any]]  # a read command's arguments → its read
 
-    return start_embedded(settings.data_dir)
+
+def _show(parser: argparse.ArgumentParser, query: Query, text: Callable[[Any], str]) -> None:
+    """Make ``parser``'s command a read: ``query(args)`` through one read-only connection,
+    printed as ``text`` or, with ``--json``, as JSON; quiet unless something is wrong."""
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    def command(settings: Settings, args: argparse.Namespace) -> int:
+        dsn, _server = database(settings)
+        try:
+            result = asyncio.run(reads.once(dsn, settings.schema, query(args)))
+        except reads.NotFound as exc:
+            raise SystemExit(f"cmbagent-collector: {exc}") from None
+        except asyncpg.UndefinedTableError:
+            raise SystemExit(
+                f"cmbagent-collector: the database has no tracking tables in schema "
+                f"{settings.schema!r}: run `cmbagent-collector migrate` (or start `serve` "
+                "once), or pass the --schema they are in") from None
+        print(json.dumps(result, indent=2) if args.json else text(result))
+        return 0
+
+    parser.set_defaults(command=command, quiet=True)
+
+
+def _runs(args: argparse.Namespace) -> reads.Read[Any]:
+    return partial(reads.runs, page=reads.RunFilter(limit=args.limit))
+
+
+def _tree(args: argparse.Namespace) -> reads.Read[Any]:
+    return partial(reads.tree, run=args.run)
+
+
+def _events(args: argparse.Namespace) -> reads.Read[Any]:
+    return partial(reads.events, run=args.run, node=args.node, event_type=args.event_type,
+                   after=args.after, limit=args.limit)
 
 
 async def _probe(dsn: str) -> None:
-    import asyncpg
-
     connection = await asyncpg.connect(dsn, timeout=10)
     await connection.close()
 
@@ -211,8 +246,6 @@ async def _with_retries(connect: Callable[[], Awaitable[None]], dsn: str,
                         attempts: int = 10) -> None:
     """``connect()``, retried while the server is unreachable or starting (about 9 s in all);
     then, or at once for an error retrying cannot mend, a one-line exit."""
-    import asyncpg
-
     for attempt in range(1, attempts + 1):
         try:
             await connect()
@@ -316,7 +349,7 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
     prune.add_argument("--quarantine-older-than", metavar="AGE",
                        help="also remove quarantined inputs last seen more than AGE ago")
-    prune.add_argument("--batch-size", type=_positive, default=5000,
+    prune.add_argument("--batch-size", type=positive, default=5000,
                        help="rows deleted per transaction (default 5000)")
     prune.set_defaults(command=_prune)
 
@@ -337,11 +370,32 @@ def _parser() -> argparse.ArgumentParser:
     downgrade.add_argument("revision", nargs="?", default="base")
     downgrade.set_defaults(command=_downgrade)
 
+    _add_read_commands(commands)
     from .otlp.commands import add_commands as add_otlp_commands
 
-    add_commands(commands)
     add_otlp_commands(commands)
     return parser
+
+
+def _add_read_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    runs = commands.add_parser("runs", help="list recent runs, newest first")
+    runs.add_argument("--limit", type=positive, default=20, help="how many (default 20)")
+    _show(runs, _runs, render.runs)
+
+    tree = commands.add_parser(
+        "tree", help="show a run's DAG: status, duration, events, tokens and cost per node")
+    tree.add_argument("run", type=run_id, help="the run's id (see `runs`)")
+    _show(tree, _tree, render.tree)
+
+    events = commands.add_parser("events", help="list a run's or a node's events in order")
+    events.add_argument("run", type=run_id, help="the run's id (see `runs`)")
+    events.add_argument("--node", help="only this node and its sub-agent nodes: a node id, a "
+                        "name (step_3) or a path (step_3/engineer), as `tree` shows them")
+    events.add_argument("--type", dest="event_type", help="only this event_type")
+    events.add_argument("--after", type=execution_order, default=0, metavar="ORDER",
+                        help="start after this execution_order (the next page)")
+    events.add_argument("--limit", type=positive, default=50, help="page size (default 50)")
+    _show(events, _events, render.events)
 
 
 def _http_flags(parser: argparse.ArgumentParser) -> None:

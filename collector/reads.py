@@ -1,7 +1,9 @@
 """The read side: runs, a run's tree, events, one event and costs, as JSON-ready data.
 
-The CLI's read commands (``queries``) and the web view (``collector.web``) both call these, so
-``--json`` and the HTTP API have one shape. Every query is bounded by an index of the run it
+The CLI's read commands (``cli``, through :func:`once`; ``render`` makes their text) and the web
+view's JSON API (``collector.web.api``, through its pool) both call these, so ``--json`` and the
+HTTP API have one shape. Results are plain JSON values (times as ISO 8601 strings): ``json.dumps``
+takes them as they are. Nothing here prints. Every query is bounded by an index of the run it
 reads, so it costs the same whatever else the database holds:
 
 - ``runs``: keyset pages on ``workflow_runs_started``; per run, counts over
@@ -17,14 +19,19 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
+from .schema import connect
+
 Json = dict[str, Any]
+T = TypeVar("T")
+#: A read through a connection that gives a ``T`` (these functions, their arguments bound).
+Read = Callable[[asyncpg.Connection], Awaitable[T]]
 
 #: Session settings of every read connection: the read side can never write.
 READ_ONLY = {"application_name": "cmbagent-collector-query",
@@ -33,6 +40,16 @@ READ_ONLY = {"application_name": "cmbagent-collector-query",
 
 class NotFound(LookupError):
     """What was asked for is not in the database; the message says how to find it."""
+
+
+async def once(dsn: str, schema: str, read: Read[T]) -> T:
+    """``read`` through one short-lived read-only connection (a command's way; the web view
+    keeps a pool of them)."""
+    connection = await connect(dsn, schema, **READ_ONLY)
+    try:
+        return await read(connection)
+    finally:
+        await connection.close()
 
 
 @dataclass(frozen=True)
@@ -228,7 +245,7 @@ def _run_json(row: asyncpg.Record) -> Json:
     meta = _jsonb(row["meta"]) or {}
     data = {"id": str(row["id"]), "session_id": str(row["session_id"]), "status": row["status"],
             "task": row["task_description"], "user": meta.get("user"),
-            "started_at": row["started_at"], "completed_at": row["completed_at"],
+            "started_at": _iso(row["started_at"]), "completed_at": _iso(row["completed_at"]),
             "duration_s": _duration(row), "error": row["error_message"]}
     if "events" in row.keys():
         data.update(events=row["events"], tokens=_int(row, "tokens"),
@@ -244,7 +261,7 @@ def _node_json(row: asyncpg.Record, events: int, cost: asyncpg.Record | None) ->
         "parent_node_id": str(row["parent_node_id"]) if row["parent_node_id"] else None,
         "depth": row["depth"], "order_index": row["order_index"], "name": row["name"],
         "node_type": row["node_type"], "agent": row["agent"], "status": row["status"],
-        "started_at": row["started_at"], "completed_at": row["completed_at"],
+        "started_at": _iso(row["started_at"]), "completed_at": _iso(row["completed_at"]),
         "duration_s": _duration(row), "error": row["error_message"],
         "meta": _jsonb(row["meta"]), "events": events,
         "prompt_tokens": _int(cost, "prompt_tokens"),
@@ -280,7 +297,7 @@ def _event_json(row: asyncpg.Record) -> Json:
             "parent_event_id": str(row["parent_event_id"]) if row["parent_event_id"] else None,
             "event_type": row["event_type"], "event_subtype": row["event_subtype"],
             "agent_name": row["agent_name"], "status": row["status"],
-            "timestamp": row["timestamp"], "started_at": row["started_at"],
+            "timestamp": _iso(row["timestamp"]), "started_at": _iso(row["started_at"]),
             "duration_ms": row["duration_ms"], "depth": row["depth"],
             "inputs": _jsonb(row["inputs"]), "outputs": _jsonb(row["outputs"]),
             "meta": _jsonb(row["meta"]), "error": row["error_message"]}
@@ -309,15 +326,5 @@ def _duration(row: Any) -> float | None:
     return (end - start).total_seconds() if start and end else None
 
 
-def json_value(value: Any) -> Any:
-    """``json.dumps``'s ``default`` for what these functions return (times, decimals)."""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return float(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def dumps(value: Any, indent: int | None = None) -> str:
-    """JSON text of a read function's result."""
-    return json.dumps(value, default=json_value, indent=indent)
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None

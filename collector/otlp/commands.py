@@ -6,11 +6,11 @@ import argparse
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from typing import Any
 
 from ..metrics import Metrics
-from ..queries import _run_id
+from ..options import database, run_id
 from ..reads import NotFound
+from ..settings import Settings
 from .export import Endpoint, ExportError, export_runs
 from .follow import Follower
 
@@ -20,7 +20,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     export = commands.add_parser(
         "export", help="send runs to an OpenTelemetry backend over OTLP/HTTP (Phoenix, "
         "Langfuse, Jaeger, Tempo, ...)")
-    export.add_argument("runs", nargs="+", type=_run_id, metavar="RUN_ID")
+    export.add_argument("runs", nargs="+", type=run_id, metavar="RUN_ID")
     export.add_argument("--otlp", required=True, metavar="URL",
                         help="the endpoint; /v1/traces is added when the URL lacks it")
     _endpoint_flags(export, "")
@@ -66,9 +66,7 @@ async def following(args: argparse.Namespace, dsn: str, schema: str,
             await task
 
 
-def _export(settings: Any, args: argparse.Namespace) -> int:
-    from ..cli import database
-
+def _export(settings: Settings, args: argparse.Namespace) -> int:
     try:
         endpoint = Endpoint.parse(args.otlp, args.header, args.service_name)
     except ValueError as exc:

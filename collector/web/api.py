@@ -8,6 +8,7 @@ tables yet a 503, each as ``{"error": "..."}`` saying what to do.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -21,8 +22,6 @@ from .. import reads
 POOL = web.AppKey("pool", asyncpg.Pool)
 MAX_PAGE = 1000
 STREAM_INTERVAL = 1.0  # seconds between looks at a running run
-
-Read = Callable[[asyncpg.Connection], Awaitable[Any]]
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
@@ -85,10 +84,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 try:
                     current = await reads.tree(connection, run)
                 except reads.NotFound as exc:
-                    await response.write(f"event: error\ndata: {reads.dumps(str(exc))}\n\n"
+                    await response.write(f"event: error\ndata: {json.dumps(str(exc))}\n\n"
                                          .encode())
                     return response
-            text = reads.dumps(current)
+            text = json.dumps(current)
             if text != last:
                 await response.write(f"data: {text}\n\n".encode())
                 last = text
@@ -100,7 +99,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         return response
 
 
-async def _answer(request: web.Request, read: Read) -> web.Response:
+async def _answer(request: web.Request, read: reads.Read[Any]) -> web.Response:
     try:
         async with request.app[POOL].acquire() as connection:
             result = await read(connection)
@@ -112,7 +111,7 @@ async def _answer(request: web.Request, read: Read) -> web.Response:
     except (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError) as exc:
         return _error(503, f"the database does not answer ({type(exc).__name__}: {exc}); "
                            "/readyz says when it is back")
-    return web.json_response(result, dumps=reads.dumps)
+    return web.json_response(result)
 
 
 def _error(status: int, message: str) -> web.Response:
