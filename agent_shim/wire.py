@@ -47,7 +47,7 @@ from typing import Any
 import msgpack
 
 #: The version of the frames this shim sends; the collector accepts every one of :data:`VERSIONS`.
-VERSION = 1
+VERSION = 2
 VERSIONS = (1, 2)
 #: Replies keep version 1 whatever the frame's: a shim of any version reads them.
 REPLY_VERSION = 1

@@ -36,7 +36,7 @@ def timed_sender(settings: Any) -> Any:
         def _pack(self, until: Any = None) -> Any:
             frame = super()._pack(until)
             if frame is not None:
-                self.emitted[frame.batch_id] = [r["ts"] for r in decode_frame(frame.data)[3]]
+                self.emitted[frame.batch_id] = [r["timestamp"] for r in decode_frame(frame.data)[3]]
             return frame
 
         def _acknowledged(self, batch_id: bytes) -> None:

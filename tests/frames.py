@@ -41,7 +41,9 @@ def bad_record_frames() -> list[bytes]:
         {"k": "event", "p": "point", "id": new_id(), "run": run, "type": "x", "ts": 1,
          "depth": 2**63},
     ]
-    return [encode_frame(new_id(), {}, [msgpack.packb(b, use_bin_type=True) for b in bad])]
+    # Version 1 (its phase and keys): what a spool written before version 2 holds.
+    return [encode_frame(new_id(), {}, [msgpack.packb(b, use_bin_type=True) for b in bad],
+                         version=1)]
 
 
 def garbage_frames() -> list[bytes]:

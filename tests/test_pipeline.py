@@ -83,7 +83,7 @@ def test_end_before_start_and_redelivery_make_one_completed_span(database: str) 
     with tracker.run("spans") as run:
         with tracker.span("tool_call", agent_name="a", inputs={"args": 1}):
             pass
-    start, end = sink.of("event", p="start")[0], sink.of("event", p="end")[0]
+    start, end = sink.of("event", moment="start")[0], sink.of("event", moment="end")[0]
     end_first = encode_frame(new_id(), {}, [pack_record(end)])
     everything = encode_frame(new_id(), {}, [pack_record(r) for r in sink.records])
 
