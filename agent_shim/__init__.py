@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 if TYPE_CHECKING:
     from .config import ShimSettings
     from .tracker import DisabledTracker, Tracker
 
-    AnyTracker = Tracker | DisabledTracker
+    AnyTracker: TypeAlias = Tracker | DisabledTracker
 
 __all__ = ["activate", "Tracker", "DisabledTracker", "ShimSettings"]
 

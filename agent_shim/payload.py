@@ -40,9 +40,9 @@ MAX_DEPTH = 64
 DEEPER = f"[nested deeper than {MAX_DEPTH} levels]"
 CYCLE = "[reference cycle]"
 PAYLOAD_FIELDS = frozenset(("inputs", "outputs", "meta"))
-#: Record fields that hold 16-byte ids (``wire``): the only bytes kept as bytes.
-ID_FIELDS = frozenset(("id", "run", "session", "node", "parent", "parent_node", "from", "to",
-                       "event"))
+#: Record fields that hold 16-byte ids (``records``): the only bytes kept as bytes.
+ID_FIELDS = frozenset(("id", "run_id", "session_id", "node_id", "parent_event_id",
+                       "parent_node_id", "from_node_id", "to_node_id", "event_id"))
 _INT_RANGE = range(-(2**63), 2**64)  # what msgpack can encode
 
 # --- secret keys -----------------------------------------------------------------------------

@@ -565,7 +565,9 @@ def _past(deadline: float | None) -> bool:
 
 
 def _run_of(record: Record) -> Any:
-    return record.get("run") or (record.get("id") if record.get("k") == "run" else None)
+    # ``run`` in a version 1 frame (a spool written before version 2).
+    return (record.get("run_id") or record.get("run")
+            or (record.get("id") if record.get("k") == "run" else None))
 
 
 def _payload_bytes(record: Record) -> int:

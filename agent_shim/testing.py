@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import records
 from .config import ShimSettings
 from .payload import Cleaner
-from .tracker import Record, Tracker
+from .records import NodeMoment, Record
+from .tracker import Tracker
 
 
 class RecordingSink:
@@ -30,10 +32,12 @@ class RecordingSink:
     def forked(self) -> RecordingSink:
         return RecordingSink()
 
-    def of(self, kind: str, **match: Any) -> list[Record]:
-        """The records of one kind whose fields equal ``match``."""
+    def of(self, kind: str, moment: NodeMoment | None = None, **match: Any) -> list[Record]:
+        """The records of one kind whose fields equal ``match`` (and that say ``moment``: a
+        span's or node's ``start`` or ``end``, or ``point``)."""
         return [r for r in self.records
-                if r["k"] == kind and all(r.get(k) == v for k, v in match.items())]
+                if r["k"] == kind and all(r.get(k) == v for k, v in match.items())
+                and (moment is None or records.moment(r) == moment)]
 
 
 def recording_tracker(settings: ShimSettings | None = None) -> tuple[Tracker, RecordingSink]:

@@ -12,18 +12,18 @@ from contextvars import Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from . import records
 from .config import ShimSettings
 from .context import CURRENT, Scope
-from .payload import describe_error, snapshot
-from .wire import new_id, now_us
+from .payload import describe_error
+from .records import Record
+from .wire import new_id
 from .workflow import DISABLED_RUN, DisabledRun, close_graph, node_for_agent
 
 if TYPE_CHECKING:
     from .workflow import RunScope
 
 log = logging.getLogger(__name__)
-
-Record = dict[str, Any]
 
 
 class Sink(Protocol):
@@ -80,7 +80,7 @@ class Tracker:
                 else:
                     session = settings.session_id or self.open_session(name="implicit")
                     scope = Scope(run=new_id(), session=session)
-                    self._submit(run_start_record(scope, task=None, meta={"implicit": True}))
+                    self._submit(records.run_start(scope, task=None, meta={"implicit": True}))
                     self._process_run_owned = True
                     self._process_session_owned = settings.session_id is None
                 self._process_scope = scope
@@ -97,16 +97,12 @@ class Tracker:
     def open_session(self, name: str | None = None, meta: dict[str, Any] | None = None) -> bytes:
         """Record a new session and return its id."""
         session_id = new_id()
-        self._submit(
-            {"k": "session", "p": "point", "id": session_id, "name": name, "status": "active",
-             "meta": snapshot(meta), "ts": now_us()}
-        )
+        self._submit(records.session(session_id, name=name, status="active", meta=meta))
         return session_id
 
     def end_session(self, session_id: bytes, status: str) -> None:
         """Record that a session this process opened has ended (``completed`` or ``failed``)."""
-        self._submit({"k": "session", "p": "point", "id": session_id, "name": None,
-                      "status": status, "meta": None, "ts": now_us()})
+        self._submit(records.session(session_id, name=None, status=status))
 
     # --- events and spans -----------------------------------------------------------------
 
@@ -126,13 +122,9 @@ class Tracker:
         """Record one point event in the current run/node; returns its id."""
         scope = self._where(scope, agent_name)
         event_id = new_id()
-        self._submit(
-            {"k": "event", "p": "point", "id": event_id, "run": scope.run,
-             "session": scope.session, "node": scope.node, "parent": scope.span,
-             "depth": scope.depth, "type": event_type, "subtype": subtype, "agent": agent_name,
-             "status": status, "inputs": snapshot(inputs), "outputs": snapshot(outputs),
-             "meta": snapshot(meta), "error": error, "ts": now_us()}
-        )
+        self._submit(records.event(
+            scope, event_id, event_type, subtype=subtype, agent_name=agent_name, status=status,
+            inputs=inputs, outputs=outputs, meta=meta, error=error))
         return event_id
 
     def start_span(
@@ -148,13 +140,8 @@ class Tracker:
         """Open a span (recorded at once as ``running``); the caller must :meth:`end_span` it."""
         scope = self._where(scope, agent_name)
         span = Span(new_id(), scope, event_type, agent_name)
-        self._submit(
-            {"k": "event", "p": "start", "id": span.id, "run": scope.run,
-             "session": scope.session, "node": scope.node, "parent": scope.span,
-             "depth": scope.depth, "type": event_type, "subtype": subtype, "agent": agent_name,
-             "status": "running", "inputs": snapshot(inputs), "meta": snapshot(meta),
-             "ts": now_us()}
-        )
+        self._submit(records.span_start(scope, span.id, event_type, subtype=subtype,
+                                        agent_name=agent_name, inputs=inputs, meta=meta))
         return span
 
     def end_span(
@@ -168,13 +155,8 @@ class Tracker:
         subtype: str | None = None,
     ) -> None:
         """Close a span; ``meta`` is merged into what the start recorded."""
-        scope = span.scope
-        self._submit(
-            {"k": "event", "p": "end", "id": span.id, "run": scope.run, "session": scope.session,
-             "type": span.event_type, "subtype": subtype, "status": status,
-             "outputs": snapshot(outputs), "meta": snapshot(meta), "error": error,
-             "ts": now_us()}
-        )
+        self._submit(records.span_end(span.scope, span.id, span.event_type, subtype=subtype,
+                                      status=status, outputs=outputs, meta=meta, error=error))
 
     def span(self, event_type: str, **fields: Any) -> SpanScope:
         """``with``/``async with`` a span that is the parent of everything inside it."""
@@ -194,13 +176,10 @@ class Tracker:
     ) -> None:
         """Record one LLM call's usage into ``cost_records``."""
         scope = self._where(scope, agent_name)
-        self._submit(
-            {"k": "cost", "p": "point", "id": new_id(), "run": scope.run,
-             "session": scope.session, "node": scope.node, "event": event_id, "model": model,
-             "agent": agent_name, "prompt_tokens": prompt_tokens,
-             "completion_tokens": completion_tokens, "total_tokens": total_tokens,
-             "cost_usd": cost_usd, "ts": now_us()}
-        )
+        self._submit(records.cost(
+            scope, model=model, agent_name=agent_name, prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens, total_tokens=total_tokens, cost_usd=cost_usd,
+            event_id=event_id))
 
     def record(self, record: Record) -> None:
         """Submit a prepared record (the workflow model's nodes and edges)."""
@@ -236,7 +215,7 @@ class Tracker:
         if scope is not None:
             close_graph(scope.run, "completed")
             if run_owned:
-                self._submit(run_end_record(scope, "completed", None))
+                self._submit(records.run_end(scope, "completed", None))
             if session_owned and scope.session is not None:
                 self.end_session(scope.session, "completed")
         return self._sink.shutdown(self.settings.exit_timeout if timeout is None else timeout)
@@ -274,16 +253,6 @@ class SpanScope:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         self.__exit__(exc_type, exc, tb)
-
-
-def run_start_record(scope: Scope, task: str | None, meta: Any) -> Record:
-    return {"k": "run", "p": "start", "id": scope.run, "session": scope.session, "task": task,
-            "status": "running", "meta": snapshot(meta), "ts": now_us()}
-
-
-def run_end_record(scope: Scope, status: str, error: str | None, meta: Any = None) -> Record:
-    return {"k": "run", "p": "end", "id": scope.run, "session": scope.session, "status": status,
-            "error": error, "meta": snapshot(meta), "ts": now_us()}
 
 
 class DisabledTracker:

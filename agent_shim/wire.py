@@ -8,34 +8,31 @@ Frame (one ZeroMQ message part, msgpack)::
 
 - ``batch_id``: 16 bytes, the sender id (8 random bytes per process) and a big-endian sequence
   number. The collector acks it; a redelivered frame carries the same id.
-- ``header``: ``{"host": str, "pid": int, "drops": {run_id: count}}``; ``drops`` is the sender's
-  cumulative count of events it had to drop, per run, so the stored run shows them.
-- ``records``: a list of maps, each with ``k`` (the kind, below) and ``p`` (the phase: ``start``,
-  ``end`` or ``point``). Ids are 16-byte UUIDs made by the shim (:func:`new_id`); times (``ts``)
-  are integer microseconds since the Unix epoch.
+- ``header``: ``{"host": str, "pid": int, "drops": [[run_id, reason, count], ...]}``; ``drops``
+  holds the sender's cumulative counts of events it had to drop, per run and reason, so the
+  stored run shows them.
+- ``records``: a list of maps. In version 2 each has ``k``, its kind, and otherwise exactly the
+  column names of the kind's table (``collector/tables.py``: session → sessions, run →
+  workflow_runs, node → dag_nodes, edge → dag_edges, event → execution_events, cost →
+  cost_records); a key that is not a column is refused. Ids are 16-byte UUIDs made by the shim
+  (:func:`new_id`); times are integer microseconds since the Unix epoch, in their own columns
+  (``started_at`` on a span's start, ``completed_at`` on its end, ``timestamp`` on every event
+  and cost, ``created_at`` on a session).
 
-Record kinds and their fields (``?`` = optional):
+A span (anything with a duration) is sent as a start record and an end record with the same id:
+an open span is visible while it runs and stays ``running`` if its process dies. The end may
+arrive before the start; the collector merges them whichever comes first (each column's merge
+rule is declared in ``collector/tables.py``).
 
-- ``session`` (point): ``id, name?, status?, meta?, ts``
-- ``run`` (start/end): ``id, session, task?, status?, error?, meta?, ts``
-- ``node`` (start/end/point): ``id, run, session, name?, node_type?, parent_node?, depth?, agent?,
-  order_index?, status?, error?, meta?, ts``
-- ``edge`` (point): ``run, session, from, to, dependency_type?, condition?``
-- ``event`` (start/end/point): ``id, run, session, type, subtype?, node?, parent?, agent?, status?,
-  depth?, inputs?, outputs?, meta?, error?, ts``
-- ``cost`` (point): ``id, run, session, node?, event?, model?, agent?, prompt_tokens?,
-  completion_tokens?, total_tokens?, cost_usd?, ts``
-
-A span (anything with a duration) is sent as a ``start`` and an ``end`` record with the same id:
-an open span is visible while it runs and stays ``running`` if its process dies. The ``end`` may
-arrive before the ``start``; the collector merges them whichever comes first.
+Version 1 frames (short keys such as ``run``, ``type``, ``agent``, a phase ``p`` and a time
+``ts``) are still accepted: spools on disk hold them. The collector translates them once.
 
 Replies (collector → shim)::
 
-    [VERSION, "ack", [batch_id, ...]]        committed: the shim forgets these frames
-    [VERSION, "refused", [batch_id, ...]]    quarantined whole and never to be accepted (malformed,
-                                             oversize, truncated): the shim stops resending them and
-                                             counts their events as dropped (reason ``refused``)
+    [1, "ack", [batch_id, ...]]        committed: the shim forgets these frames
+    [1, "refused", [batch_id, ...]]    quarantined whole and never to be accepted (malformed,
+                                       oversize, truncated): the shim stops resending them and
+                                       counts their events as dropped (reason ``refused``)
 
 A shim that predates ``refused`` ignores it (it reads only ``ack``).
 """
@@ -49,7 +46,11 @@ from typing import Any
 
 import msgpack
 
-VERSION = 1
+#: The version of the frames this shim sends; the collector accepts every one of :data:`VERSIONS`.
+VERSION = 2
+VERSIONS = (1, 2)
+#: Replies keep version 1 whatever the frame's: a shim of any version reads them.
+REPLY_VERSION = 1
 ACK = "ack"
 REFUSED = "refused"
 REPLY_KINDS = (ACK, REFUSED)
@@ -111,13 +112,14 @@ def pack_record(record: dict[str, Any]) -> bytes:
     return packed
 
 
-def encode_frame(batch_id: bytes, header: dict[str, Any], packed_records: list[bytes]) -> bytes:
+def encode_frame(batch_id: bytes, header: dict[str, Any], packed_records: list[bytes],
+                 version: int = VERSION) -> bytes:
     """Assemble a frame from records already packed by :func:`pack_record`."""
     envelope = msgpack.Packer(use_bin_type=True)
     return b"".join(
         (
             envelope.pack_array_header(4),
-            envelope.pack(VERSION),
+            envelope.pack(version),
             envelope.pack(batch_id),
             envelope.pack(header),
             envelope.pack_array_header(len(packed_records)),
@@ -126,8 +128,9 @@ def encode_frame(batch_id: bytes, header: dict[str, Any], packed_records: list[b
     )
 
 
-def decode_frame(frame: bytes) -> tuple[bytes, dict[str, Any], list[Any]]:
-    """Unpack and check a frame's envelope; records are checked one by one by the collector.
+def decode_frame(frame: bytes) -> tuple[int, bytes, dict[str, Any], list[Any]]:
+    """Unpack and check a frame's envelope: its version, batch id, header and records (checked
+    one by one by the collector).
 
     Raises :class:`WireError` with reason ``oversize``, ``malformed``, ``bad_envelope`` or
     ``unknown_version``.
@@ -141,21 +144,21 @@ def decode_frame(frame: bytes) -> tuple[bytes, dict[str, Any], list[Any]]:
         raise WireError("malformed", f"{type(exc).__name__}: {exc}") from None
     if not isinstance(message, list) or not message:
         raise WireError("bad_envelope", "a frame is a non-empty array")
-    if message[0] != VERSION:
+    if message[0] not in VERSIONS:
         raise WireError("unknown_version", repr(message[0])[:100])
     if len(message) != 4:
         raise WireError("bad_envelope", f"expected 4 elements, got {len(message)}")
-    _, batch_id, header, records = message
+    version, batch_id, header, records = message
     if not isinstance(batch_id, bytes) or len(batch_id) != 16:
         raise WireError("bad_envelope", "batch_id must be 16 bytes")
     if not isinstance(header, dict) or not isinstance(records, list):
         raise WireError("bad_envelope", "header must be a map and records an array")
-    return batch_id, header, records
+    return version, batch_id, header, records
 
 
 def encode_reply(kind: str, batch_ids: list[bytes]) -> bytes:
     """A reply to a shim: ``kind`` is :data:`ACK` or :data:`REFUSED`."""
-    reply: bytes = msgpack.packb([VERSION, kind, batch_ids], use_bin_type=True)
+    reply: bytes = msgpack.packb([REPLY_VERSION, kind, batch_ids], use_bin_type=True)
     return reply
 
 
@@ -165,7 +168,7 @@ def decode_reply(message: bytes) -> tuple[str | None, list[bytes]]:
         version, kind, batch_ids = msgpack.unpackb(message, raw=False)
     except Exception:
         return None, []
-    if version != VERSION or kind not in REPLY_KINDS or not isinstance(batch_ids, list):
+    if version != REPLY_VERSION or kind not in REPLY_KINDS or not isinstance(batch_ids, list):
         return None, []
     return kind, [b for b in batch_ids if isinstance(b, bytes) and len(b) == 16]
 
@@ -179,7 +182,7 @@ def peek_batch_id(frame: bytes) -> bytes | None:
     unpacker = msgpack.Unpacker(max_buffer_size=max(len(frame), 1024), raw=False)
     unpacker.feed(frame[:64])
     try:
-        if unpacker.read_array_header() != 4 or unpacker.unpack() != VERSION:
+        if unpacker.read_array_header() != 4 or unpacker.unpack() not in VERSIONS:
             return None
         batch_id = unpacker.unpack()
     except Exception:

@@ -11,7 +11,7 @@ The DAG (contract §4):
 
 Every phase and step is also a span (``event_type="workflow"``, subtype the node type) around
 the events recorded inside it, so a run's timeline shows where each began and ended. Node, edge
-and run records are built here and nowhere else (:func:`node_record`, :func:`edge_record`).
+and run records are built by :mod:`agent_shim.records`.
 
 A process's graphs live in a registry keyed by run id, so the explicit API (``tracker.run``),
 the CMBAgent adapter and the process's implicit run all add to the same DAG of a run.
@@ -26,12 +26,13 @@ from contextvars import Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from . import records
 from .context import CURRENT, Scope
-from .payload import describe_error, snapshot
-from .wire import new_id, now_us
+from .payload import describe_error
+from .wire import new_id
 
 if TYPE_CHECKING:
-    from .tracker import Record, Span, SpanScope, Tracker
+    from .tracker import Span, SpanScope, Tracker
 
 WORKFLOW = "workflow"
 """``event_type`` of the spans and events the workflow model records itself."""
@@ -62,26 +63,6 @@ def check_redo_allowed(step_number: int, redo_number: int, max_redos: int | None
 
 
 # --- records ---------------------------------------------------------------------------------
-
-
-def node_record(phase: str, scope: Scope, node_id: bytes, *, status: str | None = None,
-                name: str | None = None, node_type: str | None = None,
-                parent_node: bytes | None = None, depth: int | None = None,
-                agent: str | None = None, order_index: int | None = None,
-                error: str | None = None, meta: Any = None) -> Record:
-    """A ``node`` record (``phase`` is ``start``, ``end`` or ``point``); ``None`` fields keep
-    what an earlier record of the node said."""
-    return {"k": "node", "p": phase, "id": node_id, "run": scope.run, "session": scope.session,
-            "name": name, "node_type": node_type, "parent_node": parent_node, "depth": depth,
-            "agent": agent, "order_index": order_index, "status": status, "error": error,
-            "meta": snapshot(meta), "ts": now_us()}
-
-
-def edge_record(scope: Scope, source: bytes, target: bytes, dependency_type: str = "sequential",
-                condition: str | None = None) -> Record:
-    return {"k": "edge", "p": "point", "run": scope.run, "session": scope.session,
-            "from": source, "to": target, "dependency_type": dependency_type,
-            "condition": condition}
 
 
 def _describe(exc: BaseException | None) -> str | None:
@@ -158,7 +139,7 @@ class Node:
                 if self.closed:  # a straggler after the step ended: keep it on the step
                     return self.id
                 node = new_id()
-                self.graph.tracker.record(node_record(
+                self.graph.tracker.record(records.node(
                     "start", self.scope, node, status="running", name=agent_name,
                     node_type=SUB_AGENT, parent_node=self.id, depth=1, agent=agent_name,
                     order_index=len(self._agents)))
@@ -193,11 +174,11 @@ class Node:
             _WORK_NODES.pop(node, None)
         tracker = self.graph.tracker
         for node in agents:
-            tracker.record(node_record("end", self.scope, node, status=status))
+            tracker.record(records.node("end", self.scope, node, status=status))
         if self._attempts:
             meta["attempts"] = self._attempts
         tracker.end_span(self._span, status=status, error=error, meta=meta or None)
-        tracker.record(node_record("end", self.scope, self.id, status=status, error=error,
+        tracker.record(records.node("end", self.scope, self.id, status=status, error=error,
                                    meta=meta or None))
         self.graph.forget(self)
 
@@ -336,11 +317,11 @@ class Graph:
         node_id = new_id()
         parent = parent_scope or self.current_scope()
         order, source = self._next(node_id, edge_from)
-        self.tracker.record(node_record("start", self.base, node_id, status="running", name=name,
+        self.tracker.record(records.node("start", self.base, node_id, status="running", name=name,
                                         node_type=node_type, depth=0, order_index=order,
                                         meta=meta))
         if source is not None:
-            self.tracker.record(edge_record(self.base, source, node_id))
+            self.tracker.record(records.edge(self.base, source, node_id))
         node = Node(self, node_id, name, node_type, parent, number, parent.at_node(node_id))
         self._open[node_id] = node
         _WORK_NODES[node_id] = node
@@ -350,13 +331,13 @@ class Graph:
                       number: int) -> bytes:
         branch = new_id()
         order, _ = self._next(branch, source.id)
-        self.tracker.record(node_record(
+        self.tracker.record(records.node(
             "point", self.base, branch, status="completed",
             name=f"step_{source.number}_{branch_name}", node_type=BRANCH_POINT, depth=0,
             order_index=order, meta={"branch_name": branch_name, "hypothesis": hypothesis,
                                      "source_node_id": str(source.uuid), "step": source.number,
                                      "redo": number}))
-        self.tracker.record(edge_record(self.base, source.id, branch, "conditional", branch_name))
+        self.tracker.record(records.edge(self.base, source.id, branch, "conditional", branch_name))
         self.tracker.event(WORKFLOW, subtype="redo_requested", inputs={"hypothesis": hypothesis},
                            meta={"step": source.number, "branch_name": branch_name},
                            scope=source.parent_scope.at_node(branch))
@@ -368,7 +349,7 @@ class Graph:
         self.tracker.event(WORKFLOW, subtype="max_redos_reached", status="failed",
                            inputs={"hypothesis": hypothesis}, meta=meta, error=str(exc),
                            scope=source.parent_scope.at_node(source.id))
-        self.tracker.record(node_record("point", self.base, source.id, meta=meta))
+        self.tracker.record(records.node("point", self.base, source.id, meta=meta))
 
 
 #: The graphs of this process's runs, by run id.
@@ -420,7 +401,6 @@ class RunScope:
         return uuid.UUID(bytes=self.id)
 
     def __enter__(self) -> RunScope:
-        from .tracker import run_start_record
 
         outer = CURRENT.get()
         if not self.joined:
@@ -430,14 +410,13 @@ class RunScope:
                 self.owns_session = True
         scope = Scope(run=self.id, session=self.session_id)
         if not self.joined:
-            self.tracker.record(run_start_record(scope, self.task, self.meta))
+            self.tracker.record(records.run_start(scope, self.task, self.meta))
         self.graph = graph_for(self.tracker, scope)
         self._token = CURRENT.set(scope)
         return self
 
     def close(self, status: str = "completed", error: str | None = None) -> None:
         """End the run (and any node still open, and the session it opened) with ``status``."""
-        from .tracker import run_end_record
 
         if self._token is not None:
             try:
@@ -449,7 +428,7 @@ class RunScope:
             self.graph.close(status)
             self.graph = None
             if not self.joined:
-                self.tracker.record(run_end_record(Scope(self.id, self.session_id), status, error))
+                self.tracker.record(records.run_end(Scope(self.id, self.session_id), status, error))
             if self.owns_session and self.session_id is not None:
                 self.tracker.end_session(self.session_id, status)
 

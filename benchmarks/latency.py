@@ -1,10 +1,10 @@
 """Part 4: latency from emit to committed row, at 1,000 events/s and near the maximum.
 
 Method: a tracker in this process emits point events at a fixed rate. Its sender is the real
-one, subclassed only to note, for every frame, the emit times (``ts``, set when the record is
+one, subclassed only to note, for every frame, the emit times (``timestamp``, set when the record is
 built) of the events it carries, and the wall-clock time its acknowledgement arrives. The
 collector acknowledges a frame only after the transaction holding its rows has committed, so
-``ack time - ts`` is an upper bound of emit-to-commit: it includes the acknowledgement's trip
+``ack time - timestamp`` is an upper bound of emit-to-commit: it includes the acknowledgement's trip
 back over loopback ZeroMQ (well under a millisecond). Same clock, same machine.
 """
 
@@ -36,7 +36,7 @@ def timed_sender(settings: Any) -> Any:
         def _pack(self, until: Any = None) -> Any:
             frame = super()._pack(until)
             if frame is not None:
-                self.emitted[frame.batch_id] = [r["ts"] for r in decode_frame(frame.data)[2]]
+                self.emitted[frame.batch_id] = [r["timestamp"] for r in decode_frame(frame.data)[3]]
             return frame
 
         def _acknowledged(self, batch_id: bytes) -> None:

@@ -116,23 +116,25 @@ def orm_sink(dsn: str) -> Any:
             if record["k"] != "event":
                 return  # runs, sessions, costs: CMBAgent writes those through other repositories
             session = self.session
-            if record["p"] == "end":
+            if record.get("completed_at") is not None:
                 event = session.get(ExecutionEvent, text(record["id"]))
                 if event is None:
                     return
                 event.status = record["status"]
-                event.completed_at = when(record["ts"])
-                event.duration_ms = int((record["ts"] / 1e3) - event.started_at.timestamp() * 1e3)
+                event.completed_at = when(record["completed_at"])
+                event.duration_ms = int((record["completed_at"] / 1e3)
+                                        - event.started_at.timestamp() * 1e3)
                 event.outputs = payload(record.get("outputs"))
-                event.error_message = record.get("error")
+                event.error_message = record.get("error_message")
             else:
                 self.order += 1
                 event = ExecutionEvent(
-                    id=text(record["id"]), run_id=text(record["run"]), node_id=text(record["node"]),
-                    session_id=text(record["session"]), parent_event_id=text(record["parent"]),
-                    event_type=record["type"], event_subtype=record.get("subtype"),
-                    agent_name=record.get("agent"), timestamp=when(record["ts"]),
-                    started_at=when(record["ts"]), inputs=payload(record.get("inputs")),
+                    id=text(record["id"]), run_id=text(record["run_id"]),
+                    node_id=text(record["node_id"]), session_id=text(record["session_id"]),
+                    parent_event_id=text(record["parent_event_id"]),
+                    event_type=record["event_type"], event_subtype=record.get("event_subtype"),
+                    agent_name=record.get("agent_name"), timestamp=when(record["timestamp"]),
+                    started_at=when(record["timestamp"]), inputs=payload(record.get("inputs")),
                     outputs=payload(record.get("outputs")), meta=payload(record.get("meta")),
                     execution_order=self.order, depth=record.get("depth") or 0,
                     status=record["status"])

@@ -10,33 +10,16 @@ each) and at most :data:`MAX_DROP_ENTRIES` drop counts from its header.
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import msgpack
 
-from agent_shim.wire import PHASES, WireError, decode_frame, peek_batch_id
+from agent_shim.wire import PHASES, WireError, decode_frame, now_us, peek_batch_id
 
-from .tables import (
-    COSTS,
-    DROPS,
-    EDGES,
-    EVENTS,
-    NODES,
-    RUNS,
-    SESSIONS,
-    ColumnError,
-    Row,
-    Table,
-    clean_text,
-)
+from .tables import DROPS, KINDS, ColumnError, Row, Table
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-MAX_TEXT = 10_000  # names, statuses, error messages: payloads go in jsonb columns
 MAX_FRAME_RECORDS = 10_000  # a shim sends at most 2,000 (CMBAGENT_BATCH_MAX_EVENTS)
 KEEP_REFUSED = 100  # refused inputs of one frame kept whole; the rest are counted
 MAX_DROP_ENTRIES = 1_000  # drop counts in one header (a shim reports one per run and reason)
@@ -133,7 +116,7 @@ def decode(identity: bytes, frame: bytes, max_frame_bytes: int,
     if len(frame) > max_frame_bytes:
         return refused(identity, frame, "oversize", f"{len(frame)} bytes > {max_frame_bytes}")
     try:
-        batch_id, header, records = decode_frame(frame)
+        version, batch_id, header, records = decode_frame(frame)
     except WireError as exc:
         return refused(identity, frame, exc.reason, exc.detail)
     if len(records) > max_frame_records:
@@ -143,7 +126,7 @@ def decode(identity: bytes, frame: bytes, max_frame_bytes: int,
     refusals = Refusals(decoded.sender)
     for record in records:
         try:
-            decoded.rows.append(to_row(record))
+            decoded.rows.append(to_row(record, version))
         except Reject as exc:
             refusals.add(exc.reason, exc.detail, record)
     try:
@@ -172,95 +155,77 @@ def _repack(value: Any) -> bytes:
 # --- records → rows ------------------------------------------------------------------------
 
 
-def to_row(record: Any) -> tuple[Table, Row]:
+def to_row(record: Any, version: int = 2) -> tuple[Table, Row]:
+    """The table and row a record makes, every value checked against its column; raises
+    :class:`Reject`. A version 1 record is translated first (spools on disk still hold them)."""
     if not isinstance(record, dict):
         raise Reject("bad_record", f"a record is a map, not {type(record).__name__}")
     kind = record.get("k")
-    convert = _CONVERTERS.get(kind) if isinstance(kind, str) else None
-    if convert is None:
+    table = KINDS.get(kind) if isinstance(kind, str) else None
+    if table is None:
         raise Reject("unknown_kind", repr(kind)[:100])
-    phase = record.get("p", "point")
-    if phase not in PHASES:
-        raise Reject("bad_record", f"phase {phase!r}")
+    if version == 1:
+        record = _from_v1(record)
+    for name in record:
+        if name not in table.names and name != "k":
+            raise Reject("bad_record", f"{table.name} has no column {name!r}"[:200])
+    for name in table.required:
+        if record.get(name) in (None, ""):
+            raise Reject("bad_record", f"{name} is required")
+    row = {name: value for name, value in record.items() if name != "k"}
     try:
-        table, row = convert(record, phase)
         return table, table.prepare(row)
-    except Reject:
-        raise
     except ColumnError as exc:
         raise Reject("bad_value", str(exc)) from None
-    except Exception as exc:  # a converter's own bug must not stop the frame's other records
+    except Exception as exc:  # a check's own bug must not stop the frame's other records
         raise Reject("bad_record", f"{type(exc).__name__}: {exc}"[:500]) from None
 
 
-def _session(r: dict[str, Any], phase: str) -> tuple[Table, Row]:
-    return SESSIONS, {"id": _id(r, "id"), "name": _text(r, "name"), "status": _text(r, "status"),
-                      "created_at": _ts(r), "meta": _meta(r)}
-
-
-def _run(r: dict[str, Any], phase: str) -> tuple[Table, Row]:
-    ts = _ts(r)
-    return RUNS, {
-        "id": _id(r, "id"), "session_id": _id(r, "session", required=False),
-        "status": _text(r, "status"), "task_description": _text(r, "task"),
-        "error_message": _text(r, "error"), "meta": _meta(r),
-        "started_at": ts if phase == "start" else None,
-        "completed_at": ts if phase == "end" else None,
-    }
-
-
-def _node(r: dict[str, Any], phase: str) -> tuple[Table, Row]:
-    ts = _ts(r)
-    return NODES, {
-        "run_id": _id(r, "run"), "id": _id(r, "id"), "session_id": _id(r, "session", False),
-        "parent_node_id": _id(r, "parent_node", False), "depth": _int(r, "depth"),
-        "node_type": _text(r, "node_type"), "name": _text(r, "name"), "agent": _text(r, "agent"),
-        "status": _text(r, "status"), "order_index": _int(r, "order_index"),
-        "error_message": _text(r, "error"), "meta": _meta(r),
-        "started_at": ts if phase == "start" else None,
-        "completed_at": ts if phase == "end" else None,
-    }
-
-
-def _edge(r: dict[str, Any], phase: str) -> tuple[Table, Row]:
-    return EDGES, {"run_id": _id(r, "run"), "from_node_id": _id(r, "from"),
-                   "to_node_id": _id(r, "to"), "dependency_type": _text(r, "dependency_type"),
-                   "condition": _text(r, "condition")}
-
-
-def _event(r: dict[str, Any], phase: str) -> tuple[Table, Row]:
-    ts = _ts(r)
-    event_type = _text(r, "type")
-    if not event_type:
-        raise Reject("bad_record", "an event needs a type")
-    return EVENTS, {
-        "run_id": _id(r, "run"), "id": _id(r, "id"), "session_id": _id(r, "session", False),
-        "node_id": _id(r, "node", False), "parent_event_id": _id(r, "parent", False),
-        "event_type": event_type, "event_subtype": _text(r, "subtype"),
-        "agent_name": _text(r, "agent"), "status": _text(r, "status"), "timestamp": ts,
-        "started_at": ts if phase == "start" else None,
-        "completed_at": ts if phase == "end" else None,
-        "inputs": r.get("inputs"), "outputs": r.get("outputs"),
-        "meta": _meta(r), "error_message": _text(r, "error"), "depth": _int(r, "depth"),
-    }
-
-
-def _cost(r: dict[str, Any], phase: str) -> tuple[Table, Row]:
-    return COSTS, {
-        "run_id": _id(r, "run"), "id": _id(r, "id"), "session_id": _id(r, "session", False),
-        "node_id": _id(r, "node", False), "event_id": _id(r, "event", False),
-        "model": _text(r, "model"), "agent_name": _text(r, "agent"),
-        "prompt_tokens": _int(r, "prompt_tokens"),
-        "completion_tokens": _int(r, "completion_tokens"),
-        "total_tokens": _int(r, "total_tokens"), "cost_usd": _float(r, "cost_usd"),
-        "timestamp": _ts(r),
-    }
-
-
-_CONVERTERS: dict[str, Callable[[dict[str, Any], str], tuple[Table, Row]]] = {
-    "session": _session, "run": _run, "node": _node, "edge": _edge, "event": _event,
-    "cost": _cost,
+# Version 1 names (per kind) of the columns they fill, and the columns its ``ts`` fills:
+# always, on a ``start`` record, on an ``end`` record.
+_V1_SHARED = {"id": "id", "run": "run_id", "session": "session_id", "status": "status",
+              "error": "error_message", "meta": "meta"}
+_V1_NAMES: dict[str, dict[str, str]] = {
+    "session": {"id": "id", "name": "name", "status": "status", "meta": "meta"},
+    "run": {**_V1_SHARED, "task": "task_description"},
+    "node": {**_V1_SHARED, "name": "name", "node_type": "node_type",
+             "parent_node": "parent_node_id", "depth": "depth", "agent": "agent",
+             "order_index": "order_index"},
+    "edge": {"run": "run_id", "from": "from_node_id", "to": "to_node_id",
+             "dependency_type": "dependency_type", "condition": "condition"},
+    "event": {**_V1_SHARED, "type": "event_type", "subtype": "event_subtype", "node": "node_id",
+              "parent": "parent_event_id", "agent": "agent_name", "depth": "depth",
+              "inputs": "inputs", "outputs": "outputs"},
+    "cost": {"id": "id", "run": "run_id", "session": "session_id", "node": "node_id",
+             "event": "event_id", "model": "model", "agent": "agent_name",
+             "prompt_tokens": "prompt_tokens", "completion_tokens": "completion_tokens",
+             "total_tokens": "total_tokens", "cost_usd": "cost_usd"},
 }
+_V1_TIMES: dict[str, tuple[str | None, str | None, str | None]] = {
+    "session": ("created_at", None, None), "run": (None, "started_at", "completed_at"),
+    "node": (None, "started_at", "completed_at"), "edge": (None, None, None),
+    "event": ("timestamp", "started_at", "completed_at"), "cost": ("timestamp", None, None),
+}
+
+
+def _from_v1(record: dict[Any, Any]) -> dict[Any, Any]:
+    """A version 1 record with version 2's keys; its unknown keys are ignored, as v1 did."""
+    kind = record["k"]
+    phase = record.get("p", "point")
+    if phase not in PHASES:
+        raise Reject("bad_record", f"phase {phase!r}"[:200])
+    names = _V1_NAMES[kind]
+    translated = {names[key]: value for key, value in record.items() if key in names}
+    translated["k"] = kind
+    always, on_start, on_end = _V1_TIMES[kind]
+    ts = record.get("ts")
+    if kind != "edge" and ts is None:
+        raise Reject("bad_record", "ts is required")
+    for column in (always, on_start if phase == "start" else None,
+                   on_end if phase == "end" else None):
+        if column is not None:
+            translated[column] = ts
+    return translated
 
 
 def _drop_rows(header: dict[str, Any], sender: str) -> list[tuple[Table, Row]]:
@@ -269,7 +234,7 @@ def _drop_rows(header: dict[str, Any], sender: str) -> list[tuple[Table, Row]]:
         raise Reject("bad_header", "drops must be a list")
     if len(drops) > MAX_DROP_ENTRIES:
         raise Reject("bad_header", f"{len(drops)} drop entries > {MAX_DROP_ENTRIES}")
-    now = datetime.now(timezone.utc)
+    now = now_us()
     rows = []
     for entry in drops:
         if not (isinstance(entry, list) and len(entry) == 3):
@@ -277,69 +242,8 @@ def _drop_rows(header: dict[str, Any], sender: str) -> list[tuple[Table, Row]]:
         run, reason, count = entry
         try:
             rows.append((DROPS, DROPS.prepare({
-                "run_id": _as_uuid(run, "drops.run"), "sender": sender,
-                "reason": clean_text(str(reason))[:100], "count": _as_int(count, "drops.count"),
+                "run_id": run, "sender": sender, "reason": str(reason)[:100], "count": count,
                 "updated_at": now})))
         except ColumnError as exc:
-            raise Reject("bad_header", str(exc)) from None
+            raise Reject("bad_header", f"drops: {exc}") from None
     return rows
-
-
-# --- field checks ---------------------------------------------------------------------------
-
-
-def _id(r: dict[str, Any], name: str, required: bool = True) -> uuid.UUID | None:
-    value = r.get(name)
-    if value is None:
-        if required:
-            raise Reject("bad_record", f"{name} is required")
-        return None
-    return _as_uuid(value, name)
-
-
-def _as_uuid(value: Any, name: str) -> uuid.UUID:
-    if not isinstance(value, bytes) or len(value) != 16:
-        raise Reject("bad_record", f"{name} must be 16 bytes")
-    return uuid.UUID(bytes=value)
-
-
-def _ts(r: dict[str, Any]) -> datetime:
-    value = r.get("ts")
-    # Within a century of the epoch's microseconds: anything else is a unit mix-up.
-    if (isinstance(value, bool) or not isinstance(value, int)
-            or not 0 < value < 5_000_000_000_000_000):
-        raise Reject("bad_record", f"ts must be integer microseconds, not {value!r}"[:200])
-    return EPOCH + timedelta(microseconds=value)
-
-
-def _text(r: dict[str, Any], name: str) -> str | None:
-    value = r.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise Reject("bad_record", f"{name} must be text, not {type(value).__name__}")
-    return clean_text(value)[:MAX_TEXT]
-
-
-def _int(r: dict[str, Any], name: str) -> int | None:
-    return _as_int(r.get(name), name)
-
-
-def _as_int(value: Any, name: str) -> int | None:
-    """An integer (its range is the column's to check)."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise Reject("bad_record", f"{name} must be an integer, not {value!r}"[:200])
-    return value
-
-
-def _float(r: dict[str, Any], name: str) -> float | None:
-    """A number (its range is the column's to check)."""
-    value = r.get(name)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise Reject("bad_record", f"{name} must be a number, not {value!r}"[:200])
-    return value
-
-
-def _meta(r: dict[str, Any]) -> dict[str, Any] | None:
-    meta = r.get("meta")
-    return meta if meta is None or isinstance(meta, dict) else {"value": meta}

@@ -12,11 +12,19 @@ import functools
 import json
 import math
 import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal, get_args
 
 Row = dict[str, Any]
+
+#: How two pieces of one row merge (see :data:`RULES`); ``key`` columns identify the row.
+Rule = Literal["key", "keep", "latest", "least", "greatest", "merge", "status"]
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+MAX_TEXT = 10_000  # names, statuses, error messages: payloads go in jsonb columns
 
 _RANK = {"pending": 0, "running": 1}  # any other status is final and ranks 2
 
@@ -59,8 +67,8 @@ def _status(old: Any, new: Any) -> Any:
     return new if _RANK.get(new, 2) >= _RANK.get(old, 2) else old
 
 
-# rule name -> (python merge, SQL expression over the stored row ``t`` and ``EXCLUDED``)
-RULES: dict[str, tuple[Callable[[Any, Any], Any], str]] = {
+# rule -> (python merge, SQL expression over the stored row ``t`` and ``EXCLUDED``)
+RULES: dict[Rule, tuple[Callable[[Any, Any], Any], str]] = {
     "keep": (_keep, "COALESCE(t.{c}, EXCLUDED.{c})"),
     "latest": (_latest, "COALESCE(EXCLUDED.{c}, t.{c})"),
     "least": (_least, "LEAST(t.{c}, EXCLUDED.{c})"),
@@ -87,13 +95,22 @@ JSONB_MAX_DEPTH = 256
 class Column:
     name: str
     type: str  # as declared in the migrations; jsonb is staged as text and cast on insert
-    rule: str = "key"
+    rule: Rule = "key"
     default: Any = None  # used when a merged row still has no value
+    required: bool = False  # every record of the table must give it (key columns always do)
+
+    def __post_init__(self) -> None:
+        if self.rule not in get_args(Rule):
+            raise ValueError(f"column {self.name!r}: no merge rule {self.rule!r}; "
+                             f"choose one of {get_args(Rule)}")
 
     @functools.cached_property
     def prepare(self) -> Callable[[Any], Any]:
         """A value as stored, checked against this column's type: raises :class:`ColumnError`."""
-        return _checker(self.type)
+        check = _checker(self.type)
+        if self.rule == "merge":  # merged by joining JSON objects: anything else is wrapped
+            return lambda value: check(value if isinstance(value, dict) else {"value": value})
+        return check
 
     @property
     def stage_type(self) -> str:
@@ -109,6 +126,14 @@ class Table:
     def key(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns if c.rule == "key")
 
+    @functools.cached_property
+    def names(self) -> frozenset[str]:
+        return frozenset(c.name for c in self.columns)
+
+    @functools.cached_property
+    def required(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.rule == "key" or c.required)
+
     @property
     def stage(self) -> str:
         return f"stage_{self.name}"
@@ -119,7 +144,7 @@ class Table:
 
     @functools.cached_property
     def _checked(self) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
-        return tuple((c.name, c.prepare) for c in self.columns if c.prepare is not _same)
+        return tuple((c.name, c.prepare) for c in self.columns)
 
     def prepare(self, row: Row) -> Row:
         """The row as stored (jsonb encoded, text cleaned), every value checked against its
@@ -223,8 +248,10 @@ def _checker(declared: str) -> Callable[[Any], Any]:
         return _check_text
     if declared == "jsonb":
         return jsonb_text
-    if declared in ("uuid", "timestamptz"):
-        return _same  # made by the pipeline from checked wire values
+    if declared == "uuid":
+        return _check_uuid
+    if declared == "timestamptz":
+        return _check_time
     raise ValueError(f"no check for the column type {declared!r}: add one to tables.py")
 
 
@@ -248,11 +275,21 @@ def _check_number(bound: float, declared: str, value: Any) -> float:
 def _check_text(value: Any) -> str:
     if not isinstance(value, str):
         raise ColumnError(f"{type(value).__name__} is not text")
-    return clean_text(value)
+    return clean_text(value)[:MAX_TEXT]
 
 
-def _same(value: Any) -> Any:
-    return value
+def _check_uuid(value: Any) -> uuid.UUID:
+    if not isinstance(value, bytes) or len(value) != 16:
+        raise ColumnError(f"an id is 16 bytes, not {value!r}"[:200])
+    return uuid.UUID(bytes=value)
+
+
+def _check_time(value: Any) -> datetime:
+    # Within a century of the epoch's microseconds: anything else is a unit mix-up.
+    if (isinstance(value, bool) or not isinstance(value, int)
+            or not 0 < value < 5_000_000_000_000_000):
+        raise ColumnError(f"a time is integer microseconds since the epoch, not {value!r}"[:200])
+    return EPOCH + timedelta(microseconds=value)
 
 
 def _jsonable(value: Any) -> Any:
@@ -272,7 +309,7 @@ SESSIONS = Table("sessions", (
     Column("id", "uuid"),
     Column("name", "text", "latest"),
     Column("status", "text", "latest", "active"),
-    Column("created_at", "timestamptz", "least"),
+    Column("created_at", "timestamptz", "least", required=True),
     Column("meta", "jsonb", "merge", _EMPTY),
 ))
 RUNS = Table("workflow_runs", (
@@ -314,11 +351,11 @@ EVENTS = Table("execution_events", (
     Column("session_id", "uuid", "keep"),
     Column("node_id", "uuid", "keep"),
     Column("parent_event_id", "uuid", "keep"),
-    Column("event_type", "text", "keep"),
+    Column("event_type", "text", "keep", required=True),
     Column("event_subtype", "text", "latest"),
     Column("agent_name", "text", "keep"),
     Column("status", "text", "status", "completed"),
-    Column("timestamp", "timestamptz", "least"),
+    Column("timestamp", "timestamptz", "least", required=True),
     Column("started_at", "timestamptz", "least"),
     Column("completed_at", "timestamptz", "greatest"),
     Column("inputs", "jsonb", "keep"),
@@ -339,7 +376,7 @@ COSTS = Table("cost_records", (
     Column("completion_tokens", "bigint", "keep"),
     Column("total_tokens", "bigint", "keep"),
     Column("cost_usd", "numeric(20, 10)", "keep"),
-    Column("timestamp", "timestamptz", "least"),
+    Column("timestamp", "timestamptz", "least", required=True),
 ))
 DROPS = Table("dropped_events", (
     Column("run_id", "uuid"),
@@ -348,6 +385,10 @@ DROPS = Table("dropped_events", (
     Column("count", "bigint", "greatest"),
     Column("updated_at", "timestamptz", "greatest"),
 ))
+
+#: The table each record kind (``k`` on the wire) is stored in.
+KINDS: dict[str, Table] = {"session": SESSIONS, "run": RUNS, "node": NODES, "edge": EDGES,
+                           "event": EVENTS, "cost": COSTS}
 
 #: In the order a batch writes them: what a row points at is written before it.
 WRITE_ORDER: tuple[Table, ...] = (SESSIONS, RUNS, NODES, EDGES, EVENTS, COSTS, DROPS)

@@ -20,8 +20,8 @@ PLANTED = [text for _, text in TEXTS.values()]
 
 def explicit() -> bool:
     """The explicit API: one run per planted text, the text in every field of every record."""
+    from agent_shim import records
     from agent_shim.context import Scope
-    from agent_shim.workflow import edge_record
 
     tracker = agent_shim.activate()
     for text in PLANTED:
@@ -36,7 +36,7 @@ def explicit() -> bool:
                               inputs=secret_payload, meta={"note": text}):
                 tracker.cost(model=text, agent_name=text, prompt_tokens=3,
                              completion_tokens=4, total_tokens=7, cost_usd=0.01)
-            tracker.record(edge_record(Scope(run.id, run.session_id), phase.id, step.id,
+            tracker.record(records.edge(Scope(run.id, run.session_id), phase.id, step.id,
                                        text, condition=text))
             run.skip(2, text, reason=text)
     tracker.open_session(name=PLANTED[0], meta={"note": PLANTED[0], **KEYS})

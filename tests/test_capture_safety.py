@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from agent_shim.config import ShimSettings
 from agent_shim.payload import CYCLE, DEEPER, MAX_DEPTH, Cleaner, snapshot
-from agent_shim.tracker import Record, Tracker
+from agent_shim.records import Record, moment
+from agent_shim.tracker import Tracker
 from agent_shim.wire import pack_record
 from collector.tables import jsonb_text
 
@@ -125,7 +126,7 @@ def test_capture_never_raises_and_every_record_packs(
     assert session in {r["id"] for r in records if r["k"] == "session"}
     # Nothing was dropped on the way, whatever the agent name or error (a bad one used to cost
     # the event and leave a span running): the explicit span, the tool span, step and phase.
-    ends = [r for r in records if r["k"] == "event" and r["p"] == "end"]
+    ends = [r for r in records if r["k"] == "event" and moment(r) == "end"]
     assert len(ends) == 4
     for record in records:
         for field in ("inputs", "outputs", "meta"):
@@ -139,8 +140,8 @@ def test_a_surrogate_in_error_or_agent_name_keeps_the_event_and_closes_the_span(
     span = tracker.start_span("tool_call", agent_name="coder \ud83d", inputs={"q": "x \udc00"})
     tracker.end_span(span, status="failed", error="boom \ud83d")
     start, end = sent(sink)[-2:]
-    assert start["agent"] == "coder \ufffd" and start["inputs"] == {"q": "x \ufffd"}
-    assert end["status"] == "failed" and end["error"] == "boom \ufffd"
+    assert start["agent_name"] == "coder \ufffd" and start["inputs"] == {"q": "x \ufffd"}
+    assert end["status"] == "failed" and end["error_message"] == "boom \ufffd"
 
 
 def test_a_dict_with_a_surrogate_is_stored_as_that_dict() -> None:
@@ -153,16 +154,16 @@ def test_a_dict_with_a_surrogate_is_stored_as_that_dict() -> None:
 def test_objects_huge_ints_bytes_sets_and_tuple_keys_become_plain_data() -> None:
     value = {"obj": Unprintable(), "wrong": WrongStr(), "big": 2**70, "huge": 10**5000,
              "raw": b"\x00\x01", "set": {3}, (1, "a"): "tuple key", frozenset({2}): "fs"}
-    record = Cleaner().clean_record({"inputs": snapshot(value), "agent": Unprintable(),
-                                     "error": b"bytes", "total_tokens": 2**70})
+    record = Cleaner().clean_record({"inputs": snapshot(value), "agent_name": Unprintable(),
+                                     "error_message": b"bytes", "total_tokens": 2**70})
     wrong = record["inputs"].pop("wrong")
     assert wrong.startswith("<tests.test_capture_safety.WrongStr object at")  # its repr
     assert record["inputs"] == {
         "obj": "<unprintable Unprintable>",
         "big": str(2**70), "huge": "<16610-bit int>", "raw": "<2 bytes>", "set": [3],
         "(1, 'a')": "tuple key", "frozenset({2})": "fs"}
-    assert record["agent"] == "<unprintable Unprintable>"
-    assert record["error"] == "<5 bytes>" and record["total_tokens"] == str(2**70)
+    assert record["agent_name"] == "<unprintable Unprintable>"
+    assert record["error_message"] == "<5 bytes>" and record["total_tokens"] == str(2**70)
     pack_record(record)
 
 
@@ -215,4 +216,5 @@ def test_an_exception_whose_str_raises_reaches_the_program_unchanged(own_scope: 
     failed = [r for r in sent(sink) if r.get("status") == "failed"]
     # the span, the phase, the run, and the session the run opened
     assert {r["k"] for r in failed} == {"session", "run", "node", "event"}
-    assert {r["error"] for r in failed if r["k"] != "session"} == {"Opaque: Opaque()"}  # its repr
+    errors = {r["error_message"] for r in failed if r["k"] != "session"}
+    assert errors == {"Opaque: Opaque()"}  # its repr

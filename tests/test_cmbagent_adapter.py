@@ -16,6 +16,7 @@ from agent_shim import DisabledTracker
 from agent_shim.cmbagent import CALLBACKS, MaxRedosExceeded, WorkflowError, tracking_callbacks
 from agent_shim.config import ShimSettings
 from agent_shim.context import CURRENT
+from agent_shim.records import moment
 from agent_shim.testing import RecordingSink, recording_tracker
 
 
@@ -152,27 +153,29 @@ def test_every_callback_is_there_with_its_signature() -> None:
 def test_the_lifecycle_becomes_one_run_with_phases_steps_and_a_redo(recorded) -> None:
     sink, tracking = recorded
     runs = sink.of("run")
-    assert [(r["p"], r["status"]) for r in runs] == [("start", "running"), ("end", "completed")]
-    assert runs[0]["task"] == "Fit H0" and len({s["id"] for s in sink.of("session")}) == 1
+    assert [(moment(r), r["status"]) for r in runs] == [("start", "running"), ("end", "completed")]
+    assert runs[0]["task_description"] == "Fit H0"
+    assert len({s["id"] for s in sink.of("session")}) == 1
     assert tracking.run_id.bytes == runs[0]["id"]
-    starts = sink.of("node", p="start")
+    starts = sink.of("node", moment="start")
     assert [(n["name"], n["node_type"]) for n in starts if n["depth"] == 0] == [
         ("planning", "phase"), ("control", "phase"), ("step_1", "step"), ("step_2", "step"),
         ("step_2_retry_1", "step"), ("step_3", "step")]
-    by_id = {n["id"]: n for n in [*starts, *sink.of("node", p="point")] if n["name"]}
-    ends = {n["id"]: n for n in sink.of("node", p="end")}
+    by_id = {n["id"]: n for n in [*starts, *sink.of("node", moment="point")] if n["name"]}
+    ends = {n["id"]: n for n in sink.of("node", moment="end")}
     status = {by_id[i]["name"]: e["status"] for i, e in ends.items()
               if by_id[i]["node_type"] != "sub_agent"}
     assert status == {"planning": "completed", "control": "completed", "step_1": "completed",
                       "step_2": "failed", "step_2_retry_1": "completed", "step_3": "skipped"}
     step2 = next(n for n in starts if n["name"] == "step_2")
-    assert ends[step2["id"]]["error"] == "fit diverged"
+    assert ends[step2["id"]]["error_message"] == "fit diverged"
     assert step2["meta"] == {"step": 2, "goal": "Fit", "phase": "control", "description": "Fit"}
-    branch = next(n for n in sink.of("node", p="point") if n["node_type"] == "branch_point")
+    branch = next(n for n in sink.of("node", moment="point") if n["node_type"] == "branch_point")
     assert branch["meta"]["branch_name"] == "redo_1"
     assert branch["meta"]["hypothesis"] == "use a wider prior"
     assert (step2["id"], branch["id"], "conditional", "redo_1") in [
-        (e["from"], e["to"], e["dependency_type"], e["condition"]) for e in sink.of("edge")]
+        (e["from_node_id"], e["to_node_id"], e["dependency_type"], e["condition"])
+        for e in sink.of("edge")]
     planning = next(n for n in starts if n["name"] == "planning")
     assert ends[planning["id"]]["meta"] == {"num_steps": 3, "planning_time": 1.5}
     retry = next(n for n in starts if n["name"] == "step_2_retry_1")
@@ -182,10 +185,10 @@ def test_the_lifecycle_becomes_one_run_with_phases_steps_and_a_redo(recorded) ->
 
 def test_agent_activity_and_reports_land_on_sub_agent_nodes(recorded) -> None:
     sink, _ = recorded
-    nodes = {n["id"]: n for n in sink.of("node", p="start")}
-    placed = [(e["type"], e.get("subtype"), nodes[e["node"]]["name"],
-               nodes[nodes[e["node"]]["parent_node"]]["name"])
-              for e in sink.of("event", p="point") if e.get("agent")]
+    nodes = {n["id"]: n for n in sink.of("node", moment="start")}
+    placed = [(e["event_type"], e.get("event_subtype"), nodes[e["node_id"]]["name"],
+               nodes[nodes[e["node_id"]]["parent_node_id"]]["name"])
+              for e in sink.of("event", moment="point") if e.get("agent_name")]
     assert placed == [
         ("message", None, "planner", "planning"),
         *[item for step in ("step_1", "step_2") for item in (
@@ -195,11 +198,13 @@ def test_agent_activity_and_reports_land_on_sub_agent_nodes(recorded) -> None:
             ("callback", "tool_call", "researcher", step),
             ("callback", "agent_complete", "engineer", step))],
         ("message", None, "engineer", "step_2_retry_1")]
-    workflow = [(e["subtype"], e["status"]) for e in sink.of("event", p="point", type="workflow")]
+    workflow = [(e["event_subtype"], e["status"])
+                for e in sink.of("event", moment="point", event_type="workflow")]
     assert workflow == [("workflow_start", "completed"), ("planning_start", "completed"),
                         ("plan", "completed"), ("redo_requested", "completed"),
                         ("step_skipped", "skipped"), ("workflow_complete", "completed")]
-    reports = [e["subtype"] for e in sink.of("event", type="callback") if not e.get("agent")]
+    reports = [e["event_subtype"] for e in sink.of("event", event_type="callback")
+               if not e.get("agent_name")]
     assert reports == ["cost_update", "progress", "progress"]
     assert sink.of("cost") == []  # CMBAgent's cost summary is an event; LLM calls make costs
 
@@ -214,13 +219,14 @@ def test_past_max_redos_is_a_clear_error_and_is_recorded() -> None:
         tracking.create_redo_branch(4, 2, "second idea")
     assert str(refused.value).startswith("step 4: redo 2 exceeds max_redos=1. Accept")
     tracking.on_step_complete(StepInfo(4, "fit", "fit", StepStatus.COMPLETED))
-    event = sink.of("event", subtype="max_redos_reached")[0]
+    event = sink.of("event", event_subtype="max_redos_reached")[0]
     assert event["status"] == "failed" and event["inputs"] == {"hypothesis": "second idea"}
-    retry = sink.of("node", p="start", name="step_4_retry_1")[0]
-    assert event["node"] == retry["id"]
-    assert [n["meta"]["forced_acceptance"] for n in sink.of("node", p="point", id=retry["id"])] \
+    retry = sink.of("node", moment="start", name="step_4_retry_1")[0]
+    assert event["node_id"] == retry["id"]
+    assert [n["meta"]["forced_acceptance"]
+            for n in sink.of("node", moment="point", id=retry["id"])] \
         == [True]
-    assert [n["status"] for n in sink.of("node", p="end", id=retry["id"])] == ["completed"]
+    assert [n["status"] for n in sink.of("node", moment="end", id=retry["id"])] == ["completed"]
     with pytest.raises(WorkflowError, match="step 7 has not run"):
         tracking.create_redo_branch(7, 1, "never started")
     with pytest.raises(ValueError, match="max_redos must be a non-negative integer"):
@@ -236,10 +242,11 @@ def test_without_a_workflow_start_the_current_run_is_used() -> None:
         tracker.event("message", agent_name="engineer")
         tracking.on_step_complete(StepInfo(1, "g", "g", StepStatus.COMPLETED))
         assert tracking.run_id == run.uuid
-    assert len(sink.of("run", p="start")) == 1 and len({s["id"] for s in sink.of("session")}) == 1
-    assert {n["run"] for n in sink.of("node")} == {run.id}
+    assert len(sink.of("run", moment="start")) == 1
+    assert len({s["id"] for s in sink.of("session")}) == 1
+    assert {n["run_id"] for n in sink.of("node")} == {run.id}
     # The phase CMBAgent never closes is closed with the run.
-    assert len(sink.of("node", p="end")) == 3
+    assert len(sink.of("node", moment="end")) == 3
 
 
 def test_callbacks_never_raise_into_cmbagent(caplog: pytest.LogCaptureFixture) -> None:
@@ -279,25 +286,27 @@ def _fork_control_phase(cb: WorkflowCallbacks, tracker: Any) -> None:
 def test_what_the_fork_leaves_open_closes_with_the_implicit_run() -> None:
     tracker, sink = recording_tracker()
     _fork_control_phase(merge_callbacks(tracking_callbacks(tracker)), tracker)
-    control = sink.of("node", p="start", name="control")[0]
-    assert sink.of("node", p="end", id=control["id"]) == []  # the fork never said it ended
+    control = sink.of("node", moment="start", name="control")[0]
+    assert sink.of("node", moment="end", id=control["id"]) == []  # the fork never said it ended
     tracker.shutdown(0)
-    assert [n["status"] for n in sink.of("node", p="end", id=control["id"])] == ["completed"]
-    assert [r["status"] for r in sink.of("run", p="end")] == ["completed"]
-    starts = {n["id"] for n in sink.of("node", p="start")}
-    assert starts == {n["id"] for n in sink.of("node", p="end")}  # every node closed, once
-    assert len(sink.of("node", p="end")) == len(starts)
+    assert [n["status"] for n in sink.of("node", moment="end", id=control["id"])] == ["completed"]
+    assert [r["status"] for r in sink.of("run", moment="end")] == ["completed"]
+    starts = {n["id"] for n in sink.of("node", moment="start")}
+    assert starts == {n["id"] for n in sink.of("node", moment="end")}  # every node closed, once
+    assert len(sink.of("node", moment="end")) == len(starts)
 
 
 def test_unnamed_messages_stay_on_the_step_not_a_pseudo_agent() -> None:
     tracker, sink = recording_tracker()
     with tracker.run("fit"):
         _fork_control_phase(merge_callbacks(tracking_callbacks(tracker)), tracker)
-    agents = [(n["name"], n["depth"]) for n in sink.of("node", p="start", node_type="sub_agent")]
+    agents = [(n["name"], n["depth"])
+              for n in sink.of("node", moment="start", node_type="sub_agent")]
     assert agents == [("engineer", 1), ("engineer", 1)]  # one per step; no assistant, no user
-    steps = {n["id"]: n["name"] for n in sink.of("node", p="start", node_type="step")}
-    unnamed = [e for e in sink.of("event", type="callback") if e["agent"] is None]
-    assert [(e["subtype"], e["inputs"].get("role"), steps[e["node"]]) for e in unnamed] == [
+    steps = {n["id"]: n["name"] for n in sink.of("node", moment="start", node_type="step")}
+    unnamed = [e for e in sink.of("event", event_type="callback") if e["agent_name"] is None]
+    assert [(e["event_subtype"], e["inputs"].get("role"), steps[e["node_id"]])
+            for e in unnamed] == [
         (subtype, role, step) for step in ("step_1", "step_2")
         for subtype, role in (("agent_message", "assistant"), ("agent_message", "user"),
                               ("code_execution", None))]
@@ -326,4 +335,4 @@ def test_the_implicit_session_ends_at_exit_unless_it_was_given() -> None:
     tracker, sink = recording_tracker(given)
     tracker.event("message", agent_name="engineer")
     tracker.shutdown(0)
-    assert sink.of("session") == [] and len(sink.of("run", p="end")) == 1
+    assert sink.of("session") == [] and len(sink.of("run", moment="end")) == 1

@@ -320,7 +320,7 @@ def test_a_frame_never_acknowledged_while_others_are_is_given_up_and_counted(
             if not collector.poll(100):
                 continue
             identity, frame = collector.recv_multipart()
-            batch_id, header, records = decode_frame(frame)
+            _, batch_id, header, records = decode_frame(frame)
             if ignored is None or batch_id == ignored:
                 # Counted per run: all but the session record.
                 ignored, ignored_events = batch_id, sum(r["k"] != "session" for r in records)

@@ -16,6 +16,7 @@ from typing import Any
 import msgpack
 import zmq
 
+from agent_shim.records import moment
 from agent_shim.testing import recording_tracker
 from agent_shim.wire import (
     REFUSED,
@@ -43,7 +44,7 @@ def workflow_records(events: int = 3) -> tuple[dict[str, Any], list[dict[str, An
         with run.step(1, "fit"):
             for i in range(events):
                 tracker.event("message", inputs={"i": i})
-    return sink.of("run", p="start")[0], list(sink.records)
+    return sink.of("run", moment="start")[0], list(sink.records)
 
 
 def copy_of(record: dict[str, Any], **changes: Any) -> dict[str, Any]:
@@ -98,8 +99,8 @@ def test_values_their_columns_cannot_hold_are_quarantined_alone(
     bad = [
         pack_record(copy_of(node, order_index=2**40)),     # integer column, wire-valid int
         pack_record(copy_of(event, depth=3_000_000_000)),  # integer column
-        pack_record({"k": "cost", "p": "point", "id": new_id(), "run": run["id"],
-                     "session": run["session"], "ts": now_us(), "cost_usd": 1e12,
+        pack_record({"k": "cost", "id": new_id(), "run_id": run["id"],
+                     "session_id": run["session_id"], "timestamp": now_us(), "cost_usd": 1e12,
                      "total_tokens": 2**62}),              # numeric(20, 10) column
         pack_with_deep_inputs(copy_of(event), 1000),       # Python's JSON encoder recurses
         pack_with_deep_inputs(copy_of(event), 300),        # deeper than the declared jsonb depth
@@ -134,12 +135,12 @@ SHIM_PROGRAM = """
 import agent_shim
 from agent_shim.context import CURRENT
 from agent_shim.wire import new_id
-from agent_shim.workflow import node_record
+from agent_shim import records
 
 t = agent_shim.activate()
 with t.run("big values") as run:
     t.event("message", inputs={"i": 0})
-    t.record(node_record("point", CURRENT.get(), new_id(), name="n", order_index=3_000_000_000))
+    t.record(records.node("point", CURRENT.get(), new_id(), name="n", order_index=3_000_000_000))
     t.cost(model="m", cost_usd=1e12)
     with run.step(1, "after"):
         t.event("message", inputs={"i": 1})
@@ -186,9 +187,9 @@ def _too_big_to_index() -> str:
 
 def _events_frame(count: int, bad: set[int]) -> tuple[bytes, Decoded]:
     run, records = workflow_records(count)
-    events = [r for r in records if r["k"] == "event" and r["p"] == "point"]
+    events = [r for r in records if r["k"] == "event" and moment(r) == "point"]
     for i in bad:
-        events[i]["type"] = _too_big_to_index()
+        events[i]["event_type"] = _too_big_to_index()
     # One decoded frame of all these rows; 10,000 refused types take 30 MB, past the frame
     # limit, so they are decoded in pieces: the store sees rows, not bytes.
     decoded = Decoded(b"peer", new_id())

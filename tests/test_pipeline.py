@@ -27,7 +27,11 @@ values = st.recursive(
 )
 field_names = st.sampled_from(["k", "p", "id", "run", "session", "node", "parent", "type",
                                "subtype", "agent", "status", "depth", "ts", "inputs", "outputs",
-                               "meta", "error", "model", "prompt_tokens", "cost_usd", "from", "to"])
+                               "meta", "error", "model", "prompt_tokens", "cost_usd", "from", "to",
+                               # version 2's: column names
+                               "run_id", "session_id", "node_id", "event_type", "timestamp",
+                               "started_at", "completed_at", "created_at", "from_node_id",
+                               "to_node_id", "parent_event_id", "error_message"])
 ids = st.binary(min_size=16, max_size=16)
 records = st.dictionaries(field_names, values | ids | st.sampled_from(
     ["event", "run", "node", "edge", "cost", "session", "start", "end", "point"]), max_size=8)
@@ -41,11 +45,11 @@ def test_decode_never_raises_on_arbitrary_bytes(frame: bytes) -> None:
     assert decoded.rows or decoded.quarantined or decoded.batch_id is not None
 
 
-@given(st.lists(records, max_size=4))
+@given(st.lists(records, max_size=4), st.sampled_from([1, 2]))
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
-def test_every_record_is_either_a_row_or_quarantined(bad: list[dict]) -> None:
+def test_every_record_is_either_a_row_or_quarantined(bad: list[dict], version: int) -> None:
     packed = [msgpack.packb(r, use_bin_type=True) for r in bad]
-    decoded = decode(b"peer", encode_frame(new_id(), {}, packed), MAX)
+    decoded = decode(b"peer", encode_frame(new_id(), {}, packed, version), MAX)
     assert len(decoded.rows) + len(decoded.quarantined) == len(bad)
 
 
@@ -79,7 +83,7 @@ def test_end_before_start_and_redelivery_make_one_completed_span(database: str) 
     with tracker.run("spans") as run:
         with tracker.span("tool_call", agent_name="a", inputs={"args": 1}):
             pass
-    start, end = sink.of("event", p="start")[0], sink.of("event", p="end")[0]
+    start, end = sink.of("event", moment="start")[0], sink.of("event", moment="end")[0]
     end_first = encode_frame(new_id(), {}, [pack_record(end)])
     everything = encode_frame(new_id(), {}, [pack_record(r) for r in sink.records])
 

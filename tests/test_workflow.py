@@ -271,19 +271,19 @@ def test_steps_phases_and_sub_agents_nest_in_sync_and_async_code() -> None:
                     thread.join()
             asyncio.run(step_two(run))
             assert CURRENT.get() == phase.scope
-    starts = _of(sink, "node", p="start")
+    starts = _of(sink, "node", moment="start")
     assert [(n["name"], n["node_type"], n["depth"]) for n in starts] == [
         ("control", "phase", 0), ("step_1", "step", 0), ("engineer", "sub_agent", 1),
         ("executor", "sub_agent", 1), ("step_2", "step", 0), ("engineer", "sub_agent", 1)]
     step1, engineer1, executor1 = starts[1]["id"], starts[2]["id"], starts[3]["id"]
-    assert starts[2]["parent_node"] == starts[3]["parent_node"] == step1
-    assert starts[5]["parent_node"] == starts[4]["id"]
-    events = _of(sink, "event", p="point")
-    assert [(e["type"], e["node"]) for e in events] == [
+    assert starts[2]["parent_node_id"] == starts[3]["parent_node_id"] == step1
+    assert starts[5]["parent_node_id"] == starts[4]["id"]
+    events = _of(sink, "event", moment="point")
+    assert [(e["event_type"], e["node_id"]) for e in events] == [
         ("tool_call", executor1), ("message", executor1), ("message", starts[5]["id"])]
-    span = _of(sink, "event", p="start", type="agent_call")[0]
-    assert span["node"] == engineer1
-    assert {n["status"] for n in _of(sink, "node", p="end")} == {"completed"}
+    span = _of(sink, "event", moment="start", event_type="agent_call")[0]
+    assert span["node_id"] == engineer1
+    assert {n["status"] for n in _of(sink, "node", moment="end")} == {"completed"}
 
 
 def test_a_failed_step_then_a_redo_keeps_attempts_apart() -> None:
@@ -300,28 +300,30 @@ def test_a_failed_step_then_a_redo_keeps_attempts_apart() -> None:
             tracker.cost(model="m", agent_name="engineer", total_tokens=20)
         with pytest.raises(MaxRedosExceeded, match="redo 2 exceeds max_redos=1"):
             run.redo(3, "again", max_redos=1)
-    nodes = {n["name"]: n for n in _of(sink, "node", p="start")}
-    point = {n["name"]: n for n in _of(sink, "node", p="point") if n["name"]}
+    nodes = {n["name"]: n for n in _of(sink, "node", moment="start")}
+    point = {n["name"]: n for n in _of(sink, "node", moment="point") if n["name"]}
     assert point["step_3_redo_1"]["meta"]["branch_name"] == "redo_1"
-    costs = [(c["node"], c["total_tokens"]) for c in _of(sink, "cost")]
-    engineers = [n["id"] for n in _of(sink, "node", p="start", name="engineer")]
-    assert [n["parent_node"] for n in _of(sink, "node", p="start", name="engineer")] == [
+    costs = [(c["node_id"], c["total_tokens"]) for c in _of(sink, "cost")]
+    engineers = [n["id"] for n in _of(sink, "node", moment="start", name="engineer")]
+    assert [n["parent_node_id"] for n in _of(sink, "node", moment="start", name="engineer")] == [
         nodes["step_3"]["id"], retry.id]
     assert costs == [(engineers[0], 10), (engineers[1], 20)]
-    edges = [(e["from"], e["to"], e["dependency_type"], e["condition"]) for e in _of(sink, "edge")]
+    edges = [(e["from_node_id"], e["to_node_id"], e["dependency_type"], e["condition"])
+             for e in _of(sink, "edge")]
     assert edges == [(nodes["step_3"]["id"], point["step_3_redo_1"]["id"], "conditional", "redo_1"),
                      (point["step_3_redo_1"]["id"], retry.id, "sequential", None)]
-    refused = _of(sink, "event", subtype="max_redos_reached")
+    refused = _of(sink, "event", event_subtype="max_redos_reached")
     assert len(refused) == 1 and refused[0]["meta"]["forced_acceptance"] is True
-    assert refused[0]["node"] == retry.id
-    forced = [n for n in _of(sink, "node", p="point") if n["id"] == retry.id]
+    assert refused[0]["node_id"] == retry.id
+    forced = [n for n in _of(sink, "node", moment="point") if n["id"] == retry.id]
     assert forced[0]["meta"] == {"step": 3, "redo": 2, "max_redos": 1, "forced_acceptance": True}
-    ends = {n["id"]: n for n in _of(sink, "node", p="end")}
+    ends = {n["id"]: n for n in _of(sink, "node", moment="end")}
     assert ends[nodes["step_3"]["id"]]["status"] == "failed"
     assert ends[nodes["step_3"]["id"]]["meta"] == {"attempts": 1}
-    assert _of(sink, "event", p="end", subtype=None)  # spans closed
-    assert [e["status"] for e in sink.records if e["k"] == "event" and e["p"] == "end"
-            and e["id"] in {s["id"] for s in _of(sink, "event", subtype="attempt")}] == ["failed"]
+    assert _of(sink, "event", moment="end", event_subtype=None)  # spans closed
+    attempts = {s["id"] for s in _of(sink, "event", event_subtype="attempt")}
+    assert [e["status"] for e in _of(sink, "event", moment="end")
+            if e["id"] in attempts] == ["failed"]
 
 
 def test_misuse_is_refused_with_what_to_do() -> None:
@@ -338,9 +340,9 @@ def test_misuse_is_refused_with_what_to_do() -> None:
         run.skip(4, "not needed", reason="the reviewer skipped it")
     with pytest.raises(WorkflowError, match="the run is not open"):
         run.step(5, "late")
-    skipped = [n for n in _of(sink, "node", p="end") if n["status"] == "skipped"]
+    skipped = [n for n in _of(sink, "node", moment="end") if n["status"] == "skipped"]
     assert len(skipped) == 1 and skipped[0]["meta"] == {"reason": "the reviewer skipped it"}
-    assert len(_of(sink, "event", subtype="step_skipped")) == 1
+    assert len(_of(sink, "event", event_subtype="step_skipped")) == 1
 
 
 def test_capture_off_the_same_code_runs_and_records_nothing() -> None:

@@ -143,7 +143,8 @@ def decode_request(body: bytes, is_json: bool) -> Decoded:
     for span, resource in spans(request):
         try:
             # All of a span's rows or none: a span half stored would read as another span.
-            decoded.rows.extend([to_row(record) for record in span_records(span, resource, agents)])
+            records = span_records(span, resource, agents)
+            decoded.rows.extend([to_row(record, 1) for record in records])
         except (BadSpan, Reject) as exc:
             reason = exc.reason if isinstance(exc, Reject) else "otlp_bad_span"
             decoded.quarantined.append(Quarantined(reason, str(exc)[:2000],
