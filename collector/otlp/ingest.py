@@ -144,7 +144,7 @@ def decode_request(body: bytes, is_json: bool) -> Decoded:
         try:
             # All of a span's rows or none: a span half stored would read as another span.
             records = span_records(span, resource, agents)
-            decoded.rows.extend([to_row(record, 1) for record in records])
+            decoded.rows.extend([to_row(record) for record in records])
         except (BadSpan, Reject) as exc:
             reason = exc.reason if isinstance(exc, Reject) else "otlp_bad_span"
             decoded.quarantined.append(Quarantined(reason, str(exc)[:2000],

@@ -117,12 +117,19 @@ def _status(span: Span) -> tuple[str, str | None]:
     return "completed", None
 
 
-def _timed(record: Record, span: Span, point: bool, final: Record) -> list[Record]:
-    """A row as a start and an end record (or one point record) at the span's times."""
+def _timed(record: Record, span: Span, point: bool, final: Record,
+           timestamped: bool = False) -> list[Record]:
+    """A row as a start and an end record (or one point record) at the span's times;
+    ``timestamped``: the table has a ``timestamp`` column (events), set on each."""
+    start, end = _micros(span.start_time_unix_nano), _micros(span.end_time_unix_nano)
     if point:
-        return [{**record, **final, "p": "point", "ts": _micros(span.start_time_unix_nano)}]
-    return [{**record, "p": "start", "ts": _micros(span.start_time_unix_nano)},
-            {**record, **final, "p": "end", "ts": _micros(span.end_time_unix_nano)}]
+        return [{**record, **final, **_stamp(timestamped, start)}]
+    return [{**record, "started_at": start, **_stamp(timestamped, start)},
+            {**record, **final, "completed_at": end, **_stamp(timestamped, end)}]
+
+
+def _stamp(timestamped: bool, at: int) -> Record:
+    return {"timestamp": at} if timestamped else {}
 
 
 class _OwnSpan:
@@ -147,26 +154,27 @@ class _OwnSpan:
         raise ValueError(f"{c.RECORD} {kind!r} is none of run, node, event, cost")
 
     def _base(self) -> Record:
-        return {"run": self.run, "id": _uuid(self.a[c.ID]), "session": self.session}
+        return {"run_id": self.run, "id": _uuid(self.a[c.ID]), "session_id": self.session}
 
     def _meta(self) -> Any:
         meta = self.a.get(c.META)
         return json.loads(meta) if isinstance(meta, str) else meta
 
     def _final(self) -> Record:
-        return {"status": self.a.get(c.STATUS), "error": self.span.status.message or None}
+        return {"status": self.a.get(c.STATUS),
+                "error_message": self.span.status.message or None}
 
     def _run(self) -> list[Record]:
         a = self.a
         session = {"k": "session", "id": self.session, "name": a.get(c.SESSION_NAME),
-                   "ts": _micros(self.span.start_time_unix_nano)}
-        run = {"k": "run", "id": self.run, "session": self.session, "task": a.get(c.TASK),
-               "meta": self._meta()}
+                   "created_at": _micros(self.span.start_time_unix_nano)}
+        run = {"k": "run", "id": self.run, "session_id": self.session,
+               "task_description": a.get(c.TASK), "meta": self._meta()}
         return [session, *_timed(run, self.span, False, self._final())]
 
     def _node(self) -> list[Record]:
         a = self.a
-        node = {**self._base(), "k": "node", "parent_node": _uuid(a.get(c.PARENT_NODE)),
+        node = {**self._base(), "k": "node", "parent_node_id": _uuid(a.get(c.PARENT_NODE)),
                 "depth": a.get(c.DEPTH), "node_type": a.get(c.NODE_TYPE), "name": a.get(c.NAME),
                 "agent": a.get(c.AGENT), "order_index": a.get(c.ORDER_INDEX),
                 "meta": self._meta()}
@@ -174,34 +182,35 @@ class _OwnSpan:
         for link in self.span.links:
             link_attributes = c.attributes(link.attributes)
             if link_attributes.get(c.LINK) == "edge":
-                edges.append({"k": "edge", "run": self.run, "from": _uuid(link_attributes[c.ID]),
-                              "to": node["id"],
+                edges.append({"k": "edge", "run_id": self.run,
+                              "from_node_id": _uuid(link_attributes[c.ID]),
+                              "to_node_id": node["id"],
                               "dependency_type": link_attributes.get(c.DEPENDENCY),
                               "condition": link_attributes.get(c.CONDITION)})
         return [*_timed(node, self.span, bool(a.get(c.POINT)), self._final()), *edges]
 
     def _event(self) -> list[Record]:
         a = self.a
-        event = {**self._base(), "k": "event", "type": a.get(c.EVENT_TYPE),
-                 "subtype": a.get(c.EVENT_SUBTYPE), "agent": a.get(c.AGENT),
-                 "node": _uuid(a.get(c.NODE)), "parent": _uuid(a.get(c.PARENT_EVENT)),
+        event = {**self._base(), "k": "event", "event_type": a.get(c.EVENT_TYPE),
+                 "event_subtype": a.get(c.EVENT_SUBTYPE), "agent_name": a.get(c.AGENT),
+                 "node_id": _uuid(a.get(c.NODE)), "parent_event_id": _uuid(a.get(c.PARENT_EVENT)),
                  "depth": a.get(c.DEPTH), "meta": self._meta(),
                  "inputs": _content(a, c.INPUT_VALUE, c.INPUT_MIME)}
         final = {**self._final(), "outputs": _content(a, c.OUTPUT_VALUE, c.OUTPUT_MIME)}
-        return _timed(event, self.span, bool(a.get(c.POINT)), final)
+        return _timed(event, self.span, bool(a.get(c.POINT)), final, timestamped=True)
 
     def _cost(self) -> list[Record]:
         a = self.a
         if c.COST_ID not in a:
             return []
-        return [{"k": "cost", "run": self.run, "id": _uuid(a[c.COST_ID]),
-                 "session": self.session, "node": _uuid(a.get(c.COST_NODE)),
-                 "event": _uuid(a.get(c.COST_EVENT)),
-                 "model": a.get(c.REQUEST_MODEL), "agent": a.get(c.COST_AGENT),
+        return [{"k": "cost", "run_id": self.run, "id": _uuid(a[c.COST_ID]),
+                 "session_id": self.session, "node_id": _uuid(a.get(c.COST_NODE)),
+                 "event_id": _uuid(a.get(c.COST_EVENT)),
+                 "model": a.get(c.REQUEST_MODEL), "agent_name": a.get(c.COST_AGENT),
                  "prompt_tokens": a.get(c.INPUT_TOKENS),
                  "completion_tokens": a.get(c.OUTPUT_TOKENS),
                  "total_tokens": a.get(c.TOTAL_TOKENS), "cost_usd": a.get(c.USAGE_COST),
-                 "ts": a.get(c.COST_TIME)}]
+                 "timestamp": a.get(c.COST_TIME)}]
 
 
 class _ForeignSpan:
@@ -237,17 +246,18 @@ class _ForeignSpan:
         if node is not None and _is_agent(a):  # the span's own node
             records += self._agent_node(node, agent, status, error)
         event_type = self._event_type()
-        event = {"k": "event", "run": self.run, "id": event_id, "session": self.session,
-                 "type": event_type, "subtype": span.name, "agent": agent,
-                 "node": node.bytes if node else None,
-                 "parent": c.foreign_id(self.run, span.parent_span_id).bytes
+        event = {"k": "event", "run_id": self.run, "id": event_id, "session_id": self.session,
+                 "event_type": event_type, "event_subtype": span.name, "agent_name": agent,
+                 "node_id": node.bytes if node else None,
+                 "parent_event_id": c.foreign_id(self.run, span.parent_span_id).bytes
                  if span.parent_span_id else None,
                  "inputs": _content(a, c.INPUT_VALUE, c.INPUT_MIME),
                  "meta": {"otlp": {"name": span.name, "attributes": a,
                                    "service": self.resource.get("service.name")}}}
-        records += _timed(event, span, False, {"status": status, "error": error,
+        records += _timed(event, span, False, {"status": status, "error_message": error,
                                                "outputs": _content(a, c.OUTPUT_VALUE,
-                                                                   c.OUTPUT_MIME)})
+                                                                   c.OUTPUT_MIME)},
+                          timestamped=True)
         if event_type != "llm_call":  # usage on agent or chat spans sums their LLM calls
             return records
         return records + self._cost(event_id, node, agent)
@@ -262,17 +272,19 @@ class _ForeignSpan:
 
     def _run(self, status: str, error: str | None) -> list[Record]:
         session = {"k": "session", "id": self.session,
-                   "ts": _micros(self.span.start_time_unix_nano)}
-        run = {"k": "run", "id": self.run, "session": self.session, "task": self.span.name,
+                   "created_at": _micros(self.span.start_time_unix_nano)}
+        run = {"k": "run", "id": self.run, "session_id": self.session,
+               "task_description": self.span.name,
                "meta": {"otlp": {"service": self.resource.get("service.name")}}}
-        return [session, *_timed(run, self.span, False, {"status": status, "error": error})]
+        return [session, *_timed(run, self.span, False,
+                                 {"status": status, "error_message": error})]
 
     def _agent_node(self, node: uuid.UUID, agent: str | None, status: str,
                     error: str | None) -> list[Record]:
-        record = {"k": "node", "run": self.run, "id": node.bytes, "session": self.session,
+        record = {"k": "node", "run_id": self.run, "id": node.bytes, "session_id": self.session,
                   "node_type": "sub_agent", "name": agent or self.span.name, "agent": agent,
                   "depth": 0}
-        return _timed(record, self.span, False, {"status": status, "error": error})
+        return _timed(record, self.span, False, {"status": status, "error_message": error})
 
     def _cost(self, event: bytes, node: uuid.UUID | None, agent: str | None) -> list[Record]:
         a = self.a
@@ -283,10 +295,11 @@ class _ForeignSpan:
         total = a.get(c.OI_TOTAL_TOKENS)
         if total is None:
             total = (prompt or 0) + (completion or 0)
-        return [{"k": "cost", "run": self.run,
+        return [{"k": "cost", "run_id": self.run,
                  "id": c.foreign_id(self.run, self.span.span_id, b"cost").bytes,
-                 "session": self.session, "node": node.bytes if node else None, "event": event,
+                 "session_id": self.session, "node_id": node.bytes if node else None,
+                 "event_id": event,
                  "model": a.get(c.RESPONSE_MODEL) or a.get(c.REQUEST_MODEL) or a.get(c.OI_MODEL),
-                 "agent": agent, "prompt_tokens": prompt, "completion_tokens": completion,
+                 "agent_name": agent, "prompt_tokens": prompt, "completion_tokens": completion,
                  "total_tokens": total, "cost_usd": a.get(c.USAGE_COST, a.get(c.OI_COST)),
-                 "ts": _micros(self.span.end_time_unix_nano)}]
+                 "timestamp": _micros(self.span.end_time_unix_nano)}]
