@@ -54,24 +54,20 @@ def fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
 
 
 def event_rows(dsn: str) -> list[dict[str, Any]]:
-    """Every stored event as the row shape the AG2 capture checks read (``ag2_checks``)."""
+    """Every stored event, its JSON decoded: the shape of the records that made it, as the AG2
+    capture checks read them (``ag2_checks``)."""
     rows = fetch(dsn, "SELECT id, parent_event_id, run_id, event_type, event_subtype, agent_name, "
                  "status, inputs, outputs, meta, error_message FROM execution_events")
-    return [{"id": r["id"], "parent": r["parent_event_id"], "run": r["run_id"],
-             "type": r["event_type"], "subtype": r["event_subtype"], "agent": r["agent_name"],
-             "status": r["status"], "inputs": _json(r["inputs"]), "outputs": _json(r["outputs"]),
-             "meta": _json(r["meta"]), "error": r["error_message"]} for r in rows]
+    return [{**r, "inputs": _json(r["inputs"]), "outputs": _json(r["outputs"]),
+             "meta": _json(r["meta"])} for r in map(dict, rows)]
 
 
 def cost_rows(dsn: str) -> list[dict[str, Any]]:
-    """Every stored cost record in the same row shape (``cost_usd`` a float, or ``None``)."""
+    """Every stored cost record in the same shape (``cost_usd`` a float, or ``None``)."""
     rows = fetch(dsn, "SELECT run_id, event_id, model, agent_name, prompt_tokens, "
                  "completion_tokens, total_tokens, cost_usd FROM cost_records")
-    return [{"run": r["run_id"], "event": r["event_id"], "model": r["model"],
-             "agent": r["agent_name"], "prompt_tokens": r["prompt_tokens"],
-             "completion_tokens": r["completion_tokens"], "total_tokens": r["total_tokens"],
-             "cost_usd": float(r["cost_usd"]) if isinstance(r["cost_usd"], Decimal) else None}
-            for r in rows]
+    return [{**r, "cost_usd": float(r["cost_usd"]) if isinstance(r["cost_usd"], Decimal) else None}
+            for r in map(dict, rows)]
 
 
 def _json(text: str | None) -> Any:

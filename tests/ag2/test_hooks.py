@@ -102,7 +102,7 @@ class TestInstall:
             scenarios.user("user").initiate_chat(echo, message="hi", max_turns=1)
         events, _, problems = rows_from_records(sink.records)
         assert problems == []
-        assert [e["agent"] for e in events if e["type"] == "agent_call"] == ["echo"]
+        assert [e["agent_name"] for e in events if e["event_type"] == "agent_call"] == ["echo"]
         ag2.uninstall()
         assert "generate_reply" in vars(Echo) and not hasattr(Echo.generate_reply,
                                                                 "__cmbagent_original__")
@@ -118,7 +118,8 @@ class TestFailures:
         assert raised.value is boom
         events, _, problems = rows_from_records(sink.records)
         assert problems == []
-        status = {e["type"]: (e["status"], e["error"]) for e in events if e["type"] != "message"}
+        status = {e["event_type"]: (e["status"], e["error_message"])
+                  for e in events if e["event_type"] != "message"}
         expected_error = "ConnectionError: model down"
         assert status == {t: ("failed", expected_error)
                           for t in ("conversation", "agent_call", "llm_call")}
@@ -142,8 +143,8 @@ class TestFailures:
         assert len([r for r in caplog.records if "disabled" in r.getMessage()]) == 3
         events, costs, problems = rows_from_records(sink.records)
         assert problems == []  # the LLM span whose end failed was still closed
-        assert [e["type"] for e in events].count("tool_call") == 0
-        assert [e["type"] for e in events].count("llm_call") == 1  # then the hook was off
+        assert [e["event_type"] for e in events].count("tool_call") == 0
+        assert [e["event_type"] for e in events].count("llm_call") == 1  # then the hook was off
         assert costs == []
 
 
@@ -167,15 +168,16 @@ class TestContext:
         by_id = {e["id"]: e for e in events}
 
         def task_of(event):
-            while event["type"] != "task":
-                event = by_id[event["parent"]]
-            return event["subtype"]
+            while event["event_type"] != "task":
+                event = by_id[event["parent_event_id"]]
+            return event["event_subtype"]
 
         for e in events:
-            if e["type"] != "task":
-                assert e["agent"].endswith(task_of(e)), (e["type"], e["agent"])
-        llm = [e for e in events if e["type"] == "llm_call"]
-        assert len(llm) == 4 and all(by_id[e["parent"]]["type"] == "agent_call" for e in llm)
+            if e["event_type"] != "task":
+                assert e["agent_name"].endswith(task_of(e)), (e["event_type"], e["agent_name"])
+        llm = [e for e in events if e["event_type"] == "llm_call"]
+        assert len(llm) == 4
+        assert all(by_id[e["parent_event_id"]]["event_type"] == "agent_call" for e in llm)
 
     def test_a_lost_thread_hop_is_detected(self, capture, monkeypatch):
         """Negative control: without the context-copying Thread, run() escapes the run."""

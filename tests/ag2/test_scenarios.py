@@ -28,14 +28,14 @@ def test_scenario_is_captured_exactly_once(name, capture):
     problems += check_capture(events, costs, counts=expected.counts, usage=asdict(expected.usage),
                               secret=scenarios.SECRET, failed=expected.failed,
                               terminations=expected.terminations, run=run.id)
-    handoffs = [e["meta"]["decided_by"] for e in events if e["type"] == "handoff"]
+    handoffs = [e["meta"]["decided_by"] for e in events if e["event_type"] == "handoff"]
     if handoffs != expected.handoffs:
         problems.append(f"handoffs decided by {handoffs}, expected {expected.handoffs}")
-    askers = [e["agent"] for e in events if e["type"] == "tool_call"]
+    askers = [e["agent_name"] for e in events if e["event_type"] == "tool_call"]
     if askers != expected.tool_askers:
         problems.append(f"tools asked for by {askers}, expected {expected.tool_askers}")
-    roles = {(e["agent"], (e["meta"] or {}).get("role"))
-             for e in events if e["type"] == "agent_call"}
+    roles = {(e["agent_name"], (e["meta"] or {}).get("role"))
+             for e in events if e["event_type"] == "agent_call"}
     wrong = {(agent, role) for agent, role in roles if INTERNAL_ROLES.get(agent) != role}
     if wrong:
         problems.append(f"agent calls with a wrong internal role: {sorted(wrong, key=str)}")

@@ -22,6 +22,6 @@ def test_an_unprintable_failure_closes_the_spans_and_keeps_the_hooks(capture):
         scenarios.user("user").initiate_chat(assistant, message="hi")
     assert raised.value is boom
     assert ag2.disabled_hooks() == []
-    failed = {r["type"]: r["error"] for r in sink.records
+    failed = {r["event_type"]: r["error_message"] for r in sink.records
               if r["k"] == "event" and r.get("status") == "failed"}
     assert failed == {t: "Opaque: Opaque()" for t in ("conversation", "agent_call", "llm_call")}
