@@ -58,6 +58,9 @@ class Mode(enum.Enum):
     FAILED = "failed"  # the thread died: keep it within the bounds, spool it at exit
 
 
+# The caller's hot path compares with these: looking a member up on its enum class costs more
+# (tens of ns in CPython 3.11) than the rest of a comparison.
+_OPEN, _CLOSING = Mode.OPEN, Mode.CLOSING
 #: :meth:`RecordQueue.put`'s answer for a record that does not fit.
 FULL = -1
 
@@ -159,13 +162,13 @@ class Sender:
     def submit(self, record: Record) -> None:
         """Queue a record (the caller's hot path: no lock, no I/O unless past the bounds)."""
         mode = self.mode
-        if mode is Mode.CLOSING:
+        if mode is _CLOSING:
             self._drops.count_record(record, "after_shutdown")
             return
         queued = self._queue.put(record)
         if queued == FULL:
             self._drops.count_record(record, "queue_full")
-        elif mode is Mode.OPEN and (self._idle or queued > self._spill_bytes):
+        elif mode is _OPEN and (self._idle or queued > self._spill_bytes):
             self._wake()
 
     def flush(self, timeout: float) -> bool:
