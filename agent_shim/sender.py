@@ -7,10 +7,8 @@ keeps every frame until the collector acknowledges it after its database commit.
 handed over ends in one of three places: the database, the spool (delivered by a later
 process), or a drop count that travels in frame headers to its stored run:
 
-- a window of frames in flight; a frame is sent again after ``ack_timeout`` or when the
-  connection was lost, and the collector stores each event once, so that is harmless. A frame
-  the collector refuses, or ignores through ``_MAX_IGNORED`` resends while it acknowledges
-  others, is given up and counted;
+- a window of frames in flight, each sent again until acknowledged, refused, or ignored while
+  others are acknowledged (:mod:`.delivery`);
 - when the window is full and the queue passes half its bound (in records or in payload bytes),
   the oldest events are packed into frames on disk (the spool) and sent from there later; at the
   bound, events are dropped;
@@ -61,8 +59,6 @@ class Mode(enum.Enum):
 # The caller's hot path compares with these: looking a member up on its enum class costs more
 # (tens of ns in CPython 3.11) than the rest of a comparison.
 _OPEN, _CLOSING = Mode.OPEN, Mode.CLOSING
-#: :meth:`RecordQueue.put`'s answer for a record that does not fit.
-FULL = -1
 
 
 class RecordQueue:
@@ -85,13 +81,13 @@ class RecordQueue:
     def __len__(self) -> int:
         return len(self._records)
 
-    def put(self, record: Record) -> int:
-        """Append a record; returns the payload bytes queued before it, or :data:`FULL` (the
-        record does not fit and is not queued)."""
+    def put(self, record: Record) -> int | None:
+        """Append a record; returns the payload bytes queued before it, or ``None`` if it does
+        not fit (it is not queued)."""
         size = payload_bytes(record)
         queued = self._bytes_in - self._bytes_out
         if len(self._records) >= self._max_records or queued + size > self._max_bytes:
-            return FULL
+            return None
         self._bytes_in += size
         self._records.append(record)
         return queued
@@ -166,7 +162,7 @@ class Sender:
             self._drops.count_record(record, "after_shutdown")
             return
         queued = self._queue.put(record)
-        if queued == FULL:
+        if queued is None:
             self._drops.count_record(record, "queue_full")
         elif mode is _OPEN and (self._idle or queued > self._spill_bytes):
             self._wake()
@@ -322,7 +318,7 @@ class Sender:
         while True:
             spool_from = stop_at - self._time_to_spool()
             self._pump(until=spool_from)
-            if not (delivery.undelivered() or len(self._queue)) or _past(spool_from):
+            if not (delivery.undelivered() or len(self._queue)) or time.monotonic() >= spool_from:
                 break
             packing = len(self._queue) and not delivery.window_full()
             wait_ms = 0 if packing else max(1, min(50, int((spool_from - time.monotonic()) * 1000)))
@@ -338,7 +334,3 @@ class Sender:
         """A generous estimate of the seconds that writing what is undelivered would take."""
         return (_SPOOL_SECONDS + self._delivery.unsaved_bytes() / _SPOOL_BYTES_PER_SECOND
                 + self._queue.payload_bytes() / _CLEAN_BYTES_PER_SECOND)
-
-
-def _past(deadline: float | None) -> bool:
-    return deadline is not None and time.monotonic() >= deadline

@@ -73,7 +73,7 @@ class Rig:
 
     def submit(self, *records: dict[str, Any]) -> None:
         for record in records:
-            assert self.queue.put(record) >= 0
+            assert self.queue.put(record) is not None
 
     def pump(self, drain: bool = False) -> None:
         self.delivery.pump(self.queue, lambda: False, drain)
