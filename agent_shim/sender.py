@@ -66,7 +66,7 @@ class RecordQueue:
 
     One producer side (any caller thread) and one consumer (the sender thread): the deque is
     thread safe, and the byte count is two counters each written by one side only, so no lock
-    is needed; ``out`` is re-synchronised whenever the queue is found empty.
+    is needed; the consumer re-synchronises them (:meth:`recount`) whenever the queue is empty.
     """
 
     def __init__(self, max_records: int, max_bytes: int) -> None:
