@@ -84,6 +84,16 @@ def names_secret(key: str) -> bool:
 Rule = Callable[[str], str]
 
 
+def _unless_absent(word: str, rule: Rule) -> Rule:
+    """``rule``, run only on texts that hold ``word`` in any case: a pattern with no literal
+    prefix scans far slower than ``str.lower`` and ``in`` do."""
+
+    def guarded(text: str) -> str:
+        return rule(text) if word in text.lower() else text
+
+    return guarded
+
+
 def _keep_label(match: re.Match[str]) -> str:
     return (match.group(1) or "") + REDACTED if match.lastindex else REDACTED
 
@@ -107,13 +117,16 @@ def _backwards(words: tuple[str, ...]) -> str:
     return "|".join(re.escape(word[::-1]) for word in sorted(words, key=len, reverse=True))
 
 
-_SEPARATOR = re.compile(r"[:=]")
 #: A name that ends a secret's name, right before a separator, read backwards: the end of
 #: ``OPENAI_API_KEY``, ``db_password``, ``"client_secret"``, ``x-auth-token``, ``signingKey``;
 #: ``FOO_KEY`` counts only in capitals (an environment variable; ``sort_key`` does not).
 _NAME_BACKWARDS = re.compile(
     r"[ \t]*[\"']?\\?(?:(?i:" + _backwards(_SECRET_NAMES) + r"|yek[_\-]?(?:"
     + _backwards(_SECRET_KEY_QUALIFIERS) + r"))|YEK_[A-Z0-9])")
+#: Each separator with such a name before it, in the reversed text (one pattern per separator:
+#: a literal first character lets the regex engine skip to it at C speed).
+_CANDIDATES_BACKWARDS = tuple(re.compile(separator + "(?=" + _NAME_BACKWARDS.pattern + ")")
+                              for separator in ("=", ":"))
 #: What follows the separator: kept (group 1: an authorization scheme stays readable, and is
 #: never taken for the value), then the value (quoted: up to its quote).
 _VALUE_AFTER = re.compile(
@@ -123,10 +136,15 @@ _VALUE_AFTER = re.compile(
 
 
 def _redact_assignments(text: str) -> str:
+    # Most separators (in prose, code) follow no secret's name: the reversed text is scanned
+    # once per separator for candidates, each then confirmed within its window, which is what
+    # reading backwards from every separator (in a Python loop) found.
+    backwards, last = text[::-1], len(text) - 1
+    candidates = sorted(last - match.start() for candidates in _CANDIDATES_BACKWARDS
+                        for match in candidates.finditer(backwards))
     pieces: list[str] = []
     done = 0
-    for separator in _SEPARATOR.finditer(text):
-        at = separator.start()
+    for at in candidates:
         if at < done or not _NAME_BACKWARDS.match(text[max(0, at - _LONGEST_NAME):at][::-1]):
             continue
         value = _VALUE_AFTER.match(text, at + 1)
@@ -156,7 +174,8 @@ RULES: tuple[Rule, ...] = (
     _shape(r"gsk_(?<!\w.{4})[A-Za-z0-9]{30,}"),  # Groq
     _shape(r"eyJ(?<!\w.{3})[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]*"),  # JWT
     _shape(r"(://[^\s/:@\"'<>]*:)[^\s/@\"'<>]+(?=@)"),  # a URL's password
-    _shape(r"([Bb][Ee][Aa][Rr][Ee][Rr](?<!\w.{6})\s+)[A-Za-z0-9._~+/\-]{16,}=*"),
+    _unless_absent("bearer",
+                   _shape(r"([Bb][Ee][Aa][Rr][Ee][Rr](?<!\w.{6})\s+)[A-Za-z0-9._~+/\-]{16,}=*")),
     _redact_assignments,
 )
 #: No rule matches a text shorter than this (``://:p@``).
@@ -331,19 +350,39 @@ class Cleaner:
         self._extra_text = re.compile(extra_patterns).sub if extra_patterns else None
         self._limit = max_field_chars
         self._memo_chars = min(_MEMO_CHARS, max_field_chars)
+        # Short texts (names, roles, statuses, payload keys) repeat from record to record, so
+        # their outcomes are memoised: a short text's clean form, a short key's clean form and
+        # whether it names a secret. Only valid short texts are keys, so a hit needs no checks.
         self._texts: dict[str, str] = {}
+        self._keys: dict[str, tuple[str, bool]] = {}
         self._secret_keys: dict[str, bool] = {}
 
     def clean_record(self, record: dict[str, Any]) -> dict[str, Any]:
         """Make every field of a record storable and apply the policy, in place; returns it."""
         truncated: dict[str, Any] = {}
+        texts = self._texts
+        # One pass, cheapest tests first: most fields are ids, times, None or a memoised text.
         for name, value in record.items():
-            if name in PAYLOAD_FIELDS:
-                if value is not None:
-                    frozen = _unfreeze(value) if type(value) is bytes else value
-                    record[name] = self._clean(frozen, name, truncated, 1)
+            kind = type(value)
+            if kind is str:
+                clean = texts.get(value)
+                if clean is None:
+                    clean = self._text(valid_text(value), name, truncated)
+                record[name] = clean
+            elif value is None or kind is float or kind is bool:
+                continue
+            elif kind is bytes:
+                if name in PAYLOAD_FIELDS:
+                    record[name] = self._clean(_unfreeze(value), name, truncated, 1)
+                elif name not in ID_FIELDS:
+                    record[name] = f"<{len(value)} bytes>"
+            elif kind is int:
+                if value not in _INT_RANGE:
+                    record[name] = _int_text(value)
+            elif name in PAYLOAD_FIELDS:  # not snapshotted: a record built by hand
+                record[name] = self._clean(value, name, truncated, 1)
             else:
-                record[name] = self._field(name, value, truncated)
+                record[name] = self._text(valid_text(describe(value)), name, truncated)
         if truncated:
             meta = record.get("meta")
             if not isinstance(meta, dict):
@@ -371,19 +410,6 @@ class Cleaner:
             self._secret_keys[key] = secret
         return secret
 
-    def _field(self, name: str, value: Any, truncated: dict[str, Any]) -> Any:
-        """A non-payload field as msgpack and the collector can take it."""
-        kind = type(value)
-        if kind is str:
-            return self._text(valid_text(value), name, truncated)
-        if value is None or kind is float or kind is bool:
-            return value
-        if kind is int:
-            return value if value in _INT_RANGE else _int_text(value)
-        if kind is bytes:
-            return value if name in ID_FIELDS else f"<{len(value)} bytes>"
-        return self._text(valid_text(describe(value)), name, truncated)
-
     def _text(self, value: str, path: Path, truncated: dict[str, Any]) -> str:
         """Redacted, then cut to the limit: a secret at the cut is gone whole."""
         if len(value) <= self._memo_chars:
@@ -402,7 +428,8 @@ class Cleaner:
     def _clean(self, value: Any, path: Path, truncated: dict[str, Any], depth: int) -> Any:
         kind = type(value)
         if kind is str:
-            return self._text(value, path, truncated)
+            clean = self._texts.get(value)
+            return self._text(value, path, truncated) if clean is None else clean
         if kind is dict or kind is list or kind is tuple:
             if depth > MAX_DEPTH:
                 truncated[render(path)] = "depth"
@@ -418,12 +445,33 @@ class Cleaner:
     def _clean_dict(self, value: dict[Any, Any], path: Path, truncated: dict[str, Any],
                     depth: int) -> dict[str, Any]:
         out = {}
+        keys, texts = self._keys, self._texts
         for key, item in value.items():
-            key = key if type(key) is str else describe(key)
-            name = self._text(key, path, truncated) if len(key) <= self._limit else \
-                self._text(key, (path, key[: self._limit]), truncated)
-            if item is not None and item != "" and self.is_secret_key(key):
+            known = keys.get(key) if type(key) is str else None
+            if known is None:
+                known = self._key(key, path, truncated)
+            name, secret = known
+            if secret and item is not None and item != "":
                 out[name] = REDACTED
-            else:
+                continue
+            kind = type(item)
+            if kind is str:  # inline: the most common value, and often a memoised one
+                clean = texts.get(item)
+                out[name] = self._text(item, (path, name), truncated) if clean is None else clean
+            elif kind is dict or kind is list or kind is tuple or kind is bytes:
                 out[name] = self._clean(item, (path, name), truncated, depth + 1)
+            else:
+                out[name] = item
         return out
+
+    def _key(self, key: Any, path: Path, truncated: dict[str, Any]) -> tuple[str, bool]:
+        """A payload key's clean form and whether it names a secret; memoised if short."""
+        text = key if type(key) is str else describe(key)
+        name = self._text(text, path, truncated) if len(text) <= self._limit else \
+            self._text(text, (path, text[: self._limit]), truncated)
+        known = (name, self.is_secret_key(text))
+        if type(key) is str and len(key) <= self._memo_chars:
+            if len(self._keys) >= _MEMO_ENTRIES:
+                self._keys.clear()
+            self._keys[key] = known
+        return known

@@ -23,7 +23,7 @@ LOW_RATE = 1_000
 
 def timed_sender(settings: Any) -> Any:
     from agent_shim.sender import Sender
-    from agent_shim.wire import decode_frame
+    from agent_shim.wire import ACK, decode_frame
 
     class TimedSender(Sender):
         """Notes each frame's events' emit times and when its acknowledgement arrived."""
@@ -32,16 +32,23 @@ def timed_sender(settings: Any) -> Any:
             super().__init__(settings)
             self.emitted: dict[bytes, list[int]] = {}
             self.acked: dict[bytes, float] = {}
+            framer, delivery = self._delivery.framer, self._delivery
+            pack, replied = framer.pack, delivery.replied
 
-        def _pack(self, until: Any = None) -> Any:
-            frame = super()._pack(until)
-            if frame is not None:
-                self.emitted[frame.batch_id] = [r["timestamp"] for r in decode_frame(frame.data)[3]]
-            return frame
+            def timed_pack(*args: Any) -> Any:
+                frame = pack(*args)
+                if frame is not None:
+                    self.emitted[frame.batch_id] = [
+                        r["timestamp"] for r in decode_frame(frame.data)[3]]
+                return frame
 
-        def _acknowledged(self, batch_id: bytes) -> None:
-            self.acked.setdefault(batch_id, time.time())
-            super()._acknowledged(batch_id)
+            def timed_replied(kind: Any, batch_ids: list[bytes]) -> None:
+                for batch_id in batch_ids if kind == ACK else ():
+                    self.acked.setdefault(batch_id, time.time())
+                replied(kind, batch_ids)
+
+            framer.pack = timed_pack  # type: ignore[method-assign]
+            delivery.replied = timed_replied  # type: ignore[method-assign]
 
         def latencies_ms(self) -> list[float]:
             return [(self.acked[b] - ts / 1e6) * 1e3 for b, stamps in self.emitted.items()

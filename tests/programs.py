@@ -40,11 +40,12 @@ def emit(count: str, pause: str = "0", flush: str = "30") -> None:
 def _explain(tracker: agent_shim.Tracker) -> None:
     """What the sender still holds, for a test that failed to flush."""
     sink = tracker._sink
-    frames = [(f.seq, f.sent_at, f.path is not None) for f in sink._in_flight.values()]
+    delivery = sink._delivery
+    frames = [(f.seq, f.sent_at, f.path is not None) for f in delivery.in_flight.values()]
     print(f"sender alive={sink._thread and sink._thread.is_alive()} queue={len(sink._queue)} "
-          f"in_flight={frames} backlog={[f.seq for f in sink._backlog]} "
-          f"requests={[(r.upto, r.done.is_set()) for r in sink._requests]} seq={sink._seq}",
-          file=sys.stderr, flush=True)
+          f"in_flight={frames} backlog={[f.seq for f in delivery.backlog]} "
+          f"requests={[(r.upto, r.done.is_set()) for r in sink._requests]} "
+          f"seq={delivery.framer.seq}", file=sys.stderr, flush=True)
 
 
 def exit_now(count: str) -> None:
@@ -182,7 +183,7 @@ def deliver_spool(timeout: str = "60") -> None:
     empty."""
     tracker = agent_shim.activate()
     tracker.event("message", inputs={"adopter": True})
-    spool = tracker._sink._spool.directory  # this collector's part of the spool
+    spool = tracker._sink._delivery.spool.directory  # this collector's part of the spool
 
     def spooled() -> list[str]:
         return [p.name for p in spool.glob("*")

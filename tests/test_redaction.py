@@ -114,3 +114,12 @@ def test_extra_keys_hide_their_values() -> None:
     record = Cleaner(extra_keys=r"map_id|.*_private").clean_record(
         {"inputs": snapshot({"MAP_ID": "m-1", "planck_private": "p", "map": "m"})})
     assert record["inputs"] == {"MAP_ID": REDACTED, "planck_private": REDACTED, "map": "m"}
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "BeArEr"])
+def test_a_bearer_token_in_prose_is_redacted_in_any_case(scheme: str) -> None:
+    # Not behind a header name, so only the bearer rule (which runs only on texts that hold
+    # the word, in any case) can find it.
+    token = "opaqueTok3nValue9876543210abc"
+    redacted = Cleaner().redact_text(f"then send {scheme} {token} with the request ünïcødé")
+    assert redacted == f"then send {scheme} {REDACTED} with the request ünïcødé"

@@ -1,0 +1,55 @@
+"""The sender's bounded queue: the caller's side counts payload bytes once per record, refuses
+what does not fit (the sender counts it as dropped), and says when to spill."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent_shim.sender import RecordQueue
+from agent_shim.wire import new_id
+
+
+def record(payload_bytes: int, meta_bytes: int = 0) -> dict[str, Any]:
+    return {"k": "event", "id": new_id(), "run": new_id(), "inputs": b"x" * payload_bytes,
+            "outputs": None, "meta": b"m" * meta_bytes or None}
+
+
+def test_a_record_past_the_byte_bound_is_refused_and_the_queue_is_unchanged() -> None:
+    queue = RecordQueue(max_records=100, max_bytes=1_000)
+    assert queue.put(record(600, 100)) == 0  # bytes queued before it
+    assert queue.put(record(250)) == 700
+    assert queue.put(record(51)) is None  # 950 + 51 > 1,000: not queued
+    assert len(queue) == 2 and queue.payload_bytes() == 950
+    assert queue.put(record(50)) == 950  # exactly at the bound fits
+    assert queue.put(record(0)) == 1_000  # no payload: only the record bound applies
+
+
+def test_a_record_past_the_record_bound_is_refused() -> None:
+    queue = RecordQueue(max_records=3, max_bytes=10**6)
+    assert [queue.put(record(1)) for _ in range(4)] == [0, 1, 2, None]
+    assert len(queue) == 3
+
+
+def test_taking_frees_the_bytes_and_past_half_says_when_to_spill() -> None:
+    queue = RecordQueue(max_records=10, max_bytes=1_000)
+    first = record(300)
+    for r in (first, record(300)):
+        queue.put(r)
+    assert queue.past_half()  # 600 bytes > 500
+    assert queue.take() is first
+    assert queue.payload_bytes() == 300 and not queue.past_half()
+    for _ in range(5):
+        queue.put(record(0))
+    assert len(queue) == 6 and queue.past_half()  # 6 records > 5
+    assert len(queue.take_all()) == 6 and queue.take() is None
+    assert queue.payload_bytes() == 0
+
+
+def test_an_empty_queue_starts_its_byte_count_over() -> None:
+    queue = RecordQueue(max_records=10, max_bytes=1_000)
+    queue.put(record(400))
+    queue._bytes_in -= 100  # as when two callers' concurrent += lost an update
+    queue.take()
+    assert queue.payload_bytes() == -100
+    queue.recount()
+    assert queue.payload_bytes() == 0 and queue.put(record(1_000)) == 0
