@@ -21,8 +21,10 @@ RUN, SESSION, SENDER = new_id(), new_id(), bytes.fromhex("00000000000000a1")
 
 
 def message(i: int, run: bytes = RUN) -> dict[str, Any]:
-    return {"k": "event", "p": "point", "id": new_id(), "run": run, "session": SESSION,
-            "type": "message", "meta": None, "inputs": None, "i": i, "ts": now_us()}
+    # ``i`` numbers the record for the fake collector, which reads frames, not columns.
+    return {"k": "event", "id": new_id(), "run_id": run, "session_id": SESSION,
+            "event_type": "message", "meta": None, "inputs": None, "i": i,
+            "timestamp": now_us()}
 
 
 class FakeSocket:
@@ -40,11 +42,11 @@ class FakeSocket:
 
     def seqs(self) -> list[int]:
         """The sequence number of each frame sent, in order (resends included)."""
-        return [int.from_bytes(decode_frame(data)[0][8:], "big") for data in self.sent]
+        return [int.from_bytes(decode_frame(data)[1][8:], "big") for data in self.sent]
 
     def numbers(self) -> list[int]:
         """The ``i`` of each record sent, in order (resends included)."""
-        return [record["i"] for data in self.sent for record in decode_frame(data)[2]]
+        return [record["i"] for data in self.sent for record in decode_frame(data)[3]]
 
 
 class Clock:
@@ -245,15 +247,15 @@ def test_at_exit_past_the_deadline_events_are_counted_and_run_ends_still_spooled
         tmp_path: Path) -> None:
     rig = Rig(tmp_path, batch_max_events=2, window_frames=1)
     rig.socket.up = False
-    run_end = {"k": "run", "p": "end", "id": RUN, "session": SESSION, "status": "completed",
-               "ts": now_us()}
+    run_end = {"k": "run", "id": RUN, "session_id": SESSION, "status": "completed",
+               "completed_at": now_us()}
     rig.submit(message(0), message(1), message(2), run_end)
     rig.pump()  # one frame (0, 1) in flight, unsent
     rig.delivery.spool_pending(rig.queue, deadline=time.monotonic() - 1)
     assert not rig.delivery.in_flight and len(rig.queue) == 0
     [last] = rig.spooled()
-    _, header, records = decode_frame(last.read_bytes())
-    assert records == [{**run_end, "session": SESSION}]
+    _, _, header, records = decode_frame(last.read_bytes())
+    assert records == [run_end]
     assert sorted(map(tuple, header["drops"])) == [(RUN, "exit_timeout", 3)]
 
 
@@ -266,5 +268,5 @@ def test_at_exit_within_the_deadline_everything_undelivered_is_spooled(
     rig.pump()
     rig.delivery.spool_pending(rig.queue, None if deadline is None else time.monotonic() + 60)
     numbers = sorted(record["i"] for path in rig.spooled()
-                     for record in decode_frame(path.read_bytes())[2])
+                     for record in decode_frame(path.read_bytes())[3])
     assert numbers == list(range(7)) and rig.drops.header() == []

@@ -24,8 +24,9 @@ RUN, SESSION, SENDER = new_id(), new_id(), bytes(range(8))
 
 
 def message(i: int, content: str = "fit the spectrum", run: bytes = RUN) -> dict[str, Any]:
-    return {"k": "event", "p": "point", "id": new_id(), "run": run, "session": SESSION,
-            "type": "message", "inputs": snapshot({"i": i, "content": content}), "ts": now_us()}
+    return {"k": "event", "id": new_id(), "run_id": run, "session_id": SESSION,
+            "event_type": "message", "inputs": snapshot({"i": i, "content": content}),
+            "timestamp": now_us()}
 
 
 def framer(**settings: Any) -> tuple[Framer, DropCounts]:
@@ -45,7 +46,8 @@ def pack_all(framer: Framer, records: list[dict[str, Any]]) -> list[Frame]:
 
 def contents(frame: Frame) -> tuple[bytes, dict[str, Any], list[Any]]:
     assert frame.data is not None
-    return decode_frame(frame.data)
+    _, batch_id, header, records = decode_frame(frame.data)
+    return batch_id, header, records
 
 
 def test_frames_hold_at_most_batch_max_events_and_number_themselves() -> None:
@@ -78,7 +80,7 @@ def test_a_record_bigger_than_a_frame_allows_is_dropped_and_counted_its_neighbou
 
 def test_a_record_that_cannot_be_packed_is_dropped_and_counted() -> None:
     made, drops = framer()
-    built_by_hand = {"k": "event", "p": "point", "id": new_id(), "run": RUN,
+    built_by_hand = {"k": "event", "id": new_id(), "run_id": RUN,
                      "inputs": {"odd": {1, 2}}}  # a set: msgpack has no such type
     frames = pack_all(made, [message(0), built_by_hand, message(2)])
     assert [r["inputs"]["i"] for f in frames for r in contents(f)[2]] == [0, 2]

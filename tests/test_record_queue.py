@@ -10,7 +10,7 @@ from agent_shim.wire import new_id
 
 
 def record(payload_bytes: int, meta_bytes: int = 0) -> dict[str, Any]:
-    return {"k": "event", "id": new_id(), "run": new_id(), "inputs": b"x" * payload_bytes,
+    return {"k": "event", "id": new_id(), "run_id": new_id(), "inputs": b"x" * payload_bytes,
             "outputs": None, "meta": b"m" * meta_bytes or None}
 
 
