@@ -3,9 +3,10 @@
 AG2 1.x has extension points for exactly this. ``install()`` patches ``ag2.Agent.__init__`` so
 that every agent constructed afterwards gets the capture middleware inserted outermost
 (``Agent.insert_middleware``); it records turns, LLM calls (tokens, and a cost from
-``agent_shim.ag2_v1.pricing``), tool calls and human input. If ``ag2.network`` is imported, it
-also patches ``Hub.__init__`` to register a ``HubListener`` on every hub (channels, envelopes,
-routing: ``agent_shim.ag2_v1.network``). With ``CMBAGENT_COLLECTOR_URL`` set,
+``agent_shim.ag2_v1.pricing``), tool calls and human input. It also wraps the sandbox tools'
+adapters for ``code_exec`` events (``agent_shim.ag2_v1.sandbox``). If ``ag2.network`` is
+imported, it also patches ``Hub.__init__`` to register a ``HubListener`` on every hub
+(channels, envelopes, routing: ``agent_shim.ag2_v1.network``). With ``CMBAGENT_COLLECTOR_URL`` set,
 ``agent_shim._autoload`` calls ``install()`` as soon as ``ag2`` is imported, and again when
 ``ag2.network`` is. See docs/ag2-capture.md.
 """
@@ -73,17 +74,28 @@ def _install_agents(tracker: Tracker | DisabledTracker | None) -> bool:
             original(self, *args, **kwargs)
             if runtime.enabled:
                 try:
-                    self.insert_middleware(CaptureFactory(self.name, runtime))
+                    self.insert_middleware(CaptureFactory(
+                        self.name, runtime, maintains_memory(kwargs.get("knowledge"))))
                 except Exception as exc:
                     runtime.disable("Agent.__init__", exc)
 
+        from .sandbox import patch_sandbox
+
+        sandbox_patches = patch_sandbox(runtime)
         Agent.__init__ = __init__  # type: ignore[method-assign]
     except Exception as exc:
         log.warning("cmbagent-tracking: AG2 1.x capture not installed", exc_info=exc)
         return False
     _runtime = runtime
-    _patches.append((Agent, "__init__", original))
+    _patches.extend([*sandbox_patches, (Agent, "__init__", original)])
     return True
+
+
+def maintains_memory(knowledge: Any) -> bool:
+    """Whether an agent's ``KnowledgeConfig`` compacts or aggregates: LLM calls of AG2's own,
+    outside ``on_llm_call``, whose usage only its stream reports."""
+    return (getattr(knowledge, "compact", None) is not None
+            or getattr(knowledge, "aggregate", None) is not None)
 
 
 def _install_hubs(runtime: Runtime) -> None:

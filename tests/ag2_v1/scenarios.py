@@ -13,13 +13,17 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ag2 import Agent, Context, TaskConfig
+from ag2.aggregate import AggregateTrigger, ConversationSummaryAggregate
+from ag2.compact import CompactTrigger, SummarizeCompact
 from ag2.events import ModelMessage, ModelResponse, ToolCallEvent, ToolCallsEvent, Usage
 from ag2.knowledge import MemoryKnowledgeStore
+from ag2.knowledge.config import KnowledgeConfig
 from ag2.network import (
     EV_CHANNEL_CLOSED,
     WORKFLOW_TYPE,
@@ -33,6 +37,7 @@ from ag2.network import (
     TransitionGraph,
 )
 from ag2.testing import TestClient, TestConfig
+from ag2.tools import LocalEnvironment, SandboxCodeTool, SandboxShellTool
 
 #: Planted in prompts and tool arguments; must never be recorded.
 SECRET = "sk-test-PLANTED-SECRET-0123456789"
@@ -83,6 +88,8 @@ class Expected:
     nesting: list[tuple[str, str, str]] = field(default_factory=list)
     #: ``(from, subtype, to)`` of each handoff, in order.
     handoffs: list[tuple[str, str, str | None]] = field(default_factory=list)
+    #: ``(subtype, exit code)`` of each ``code_exec``, sorted (a refused command has none).
+    executions: list[tuple[str, int | None]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "usage": asdict(self.usage)})
@@ -284,6 +291,45 @@ async def network_workflow() -> Expected:
                               ("reviewer", "termination", None)])
 
 
+async def sandbox_tools() -> Expected:
+    """The sandbox tools run what the model wrote in a local sandbox: code that succeeds and
+    code that exits 3, an allowed shell command and one the tool's filter refuses."""
+    ledger = Ledger()
+    with tempfile.TemporaryDirectory() as workdir:
+        sandbox = LocalEnvironment(workdir)
+        agent = Agent("sandboxer", tools=[
+            SandboxCodeTool(sandbox, languages=("bash",)),
+            SandboxShellTool(sandbox, allowed=["echo"])], config=config(
+            ledger.response(None, call("run_code", code="echo 42", language="bash"),
+                            call("run_code", code="echo failing >&2; exit 3", language="bash"),
+                            call("run_shell_command", command=f"echo {SECRET}"),
+                            call("run_shell_command", command="rm -rf /")),
+            ledger.response("Ran them.")))
+        await agent.ask("Run these.")
+    return Expected({"conversation": 1, "agent_call": 1, "llm_call": 2, "tool_call": 4,
+                     "code_exec": 4}, ledger, failed={"code_exec": 2},
+                    nesting=[("sandboxer", "code_exec", "tool_call")],
+                    executions=[("code", 0), ("code", 3), ("refused", None), ("shell", 0)])
+
+
+async def memory_upkeep() -> Expected:
+    """An agent whose knowledge config compacts its history and aggregates a summary after the
+    turn: two LLM calls of AG2's own, outside ``on_llm_call``, each with its usage."""
+    ledger = Ledger()
+    knowledge = KnowledgeConfig(
+        store=MemoryKnowledgeStore(), expose_tool=False, write_event_log=False,
+        compact=SummarizeCompact(target=1, config=TestConfig(
+            ledger.response("Summary of the start.", prompt=400, completion=40))),
+        compact_trigger=CompactTrigger(max_events=1),
+        aggregate=ConversationSummaryAggregate(config=TestConfig(
+            ledger.response("Notes for later.", prompt=250, completion=25, cached=100))),
+        aggregate_trigger=AggregateTrigger(on_end=True))
+    agent = Agent("archivist", config=config(ledger.response("Filed.")), knowledge=knowledge)
+    await agent.ask("File this report.")
+    return Expected({"conversation": 1, "agent_call": 1, "llm_call": 3}, ledger,
+                    nesting=[("archivist", "llm_call", "agent_call")])
+
+
 SCENARIOS: dict[str, Callable[[], Awaitable[Expected]]] = {
     "parallel_tools": parallel_tools,
     "delegation": delegation,
@@ -293,6 +339,8 @@ SCENARIOS: dict[str, Callable[[], Awaitable[Expected]]] = {
     "concurrent_agents": concurrent_agents,
     "model_failure": model_failure,
     "network_workflow": network_workflow,
+    "sandbox_tools": sandbox_tools,
+    "memory_upkeep": memory_upkeep,
 }
 
 
