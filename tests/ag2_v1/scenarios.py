@@ -38,6 +38,7 @@ from ag2.network import (
 )
 from ag2.testing import TestClient, TestConfig
 from ag2.tools import LocalEnvironment, SandboxCodeTool, SandboxShellTool
+from ag2.tools.subagents import background_agent_tool
 
 #: Planted in prompts and tool arguments; must never be recorded.
 SECRET = "sk-test-PLANTED-SECRET-0123456789"
@@ -203,6 +204,26 @@ async def parallel_subtasks() -> Expected:
                              ("planner", "message", "agent_call")])
 
 
+async def background_agent() -> Expected:
+    """A coordinator starts a worker agent in the background (``background_agent_tool``): the
+    worker's turn outlives the tool call that started it, and its result reaches the
+    coordinator in the next ``ask``."""
+    ledger = Ledger()
+    worker = Agent("worker", config=config(ledger.response("Index rebuilt.")))
+    coordinator = Agent("coordinator", tools=[background_agent_tool(
+        worker, description="Runs a job in the background.")], config=config(
+        ledger.response(None, call("background_task_worker", objective="Rebuild the index")),
+        ledger.response("Started it."), ledger.response("It is done.")))
+    reply = await coordinator.ask("Rebuild the index.")
+    # The background task is the program's only other task: wait until it has delivered.
+    await asyncio.gather(*(asyncio.all_tasks() - {asyncio.current_task()}))
+    await reply.ask("Is it done?")
+    return Expected({"conversation": 2, "agent_call": 3, "llm_call": 4, "tool_call": 1,
+                     "message": 1}, ledger,
+                    nesting=[("worker", "agent_call", "tool_call"),
+                             ("worker", "llm_call", "agent_call")])
+
+
 async def human_approval() -> Expected:
     """A tool asks the human (``ctx.input``) through the agent's HITL hook."""
     ledger = Ledger()
@@ -281,13 +302,51 @@ async def network_workflow() -> Expected:
             predicate=lambda envelope: envelope.event_type == EV_CHANNEL_CLOSED)
     finally:
         await hub.close()
-    return Expected({"conversation": 1, "message": 3, "handoff": 2, "agent_call": 2,
+    return Expected({"conversation": 1, "message": 3, "handoff": 3, "agent_call": 2,
                      "llm_call": 4, "tool_call": 2}, ledger,
                     nesting=[(name, "agent_call", "conversation")
                              for name in ("triager", "reviewer")]
                     + [("lead", "message", "conversation"), ("triager", "handoff", "conversation"),
                        ("reviewer", "tool_call", "agent_call")],
-                    handoffs=[("triager", "handoff", "reviewer"),
+                    handoffs=[("lead", "transition", "triager"),
+                              ("triager", "handoff", "reviewer"),
+                              ("reviewer", "termination", None)])
+
+
+async def network_graph() -> Expected:
+    """A workflow channel routed by its graph alone, no routing tool: a transition from the
+    lead to the triager, the default target to the reviewer, and a transition to a
+    ``TerminateTarget`` after the reviewer."""
+    ledger = Ledger()
+    hub = await Hub.open(MemoryKnowledgeStore(), ttl_sweep_interval=0)
+    try:
+        lead = await hub.register(Agent("lead", config=AcrossTurns()))
+        triager = await hub.register(Agent("triager", config=AcrossTurns(
+            ledger.response("Needs a review."))))
+        reviewer = await hub.register(Agent("reviewer", config=AcrossTurns(
+            ledger.response("Reviewed.", prompt=180))))
+        graph = TransitionGraph(
+            initial_speaker=lead.agent_id,
+            transitions=[Transition(when=FromSpeaker(lead.agent_id),
+                                    then=AgentTarget(triager.agent_id)),
+                         Transition(when=FromSpeaker(reviewer.agent_id),
+                                    then=TerminateTarget(reason="reviewed"))],
+            default_target=AgentTarget(reviewer.agent_id), max_turns=10)
+        channel = await lead.open(type=WORKFLOW_TYPE,
+                                  target=[triager.agent_id, reviewer.agent_id],
+                                  knobs={"graph": graph.to_dict()})
+        await channel.send("Triage the incident report.")
+        await lead.wait_for_channel_event(
+            channel_id=channel.channel_id, timeout=60.0,
+            predicate=lambda envelope: envelope.event_type == EV_CHANNEL_CLOSED)
+    finally:
+        await hub.close()
+    return Expected({"conversation": 1, "message": 3, "handoff": 3, "agent_call": 2,
+                     "llm_call": 2}, ledger,
+                    nesting=[("reviewer", "handoff", "conversation"),
+                             ("triager", "agent_call", "conversation")],
+                    handoffs=[("lead", "transition", "triager"),
+                              ("triager", "default", "reviewer"),
                               ("reviewer", "termination", None)])
 
 
@@ -334,11 +393,13 @@ SCENARIOS: dict[str, Callable[[], Awaitable[Expected]]] = {
     "parallel_tools": parallel_tools,
     "delegation": delegation,
     "parallel_subtasks": parallel_subtasks,
+    "background_agent": background_agent,
     "human_approval": human_approval,
     "follow_up_unknown_model": follow_up_unknown_model,
     "concurrent_agents": concurrent_agents,
     "model_failure": model_failure,
     "network_workflow": network_workflow,
+    "network_graph": network_graph,
     "sandbox_tools": sandbox_tools,
     "memory_upkeep": memory_upkeep,
 }
