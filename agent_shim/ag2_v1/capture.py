@@ -193,7 +193,8 @@ class LLMCall(Activity):
     event_type = "llm_call"
 
     def begin(self, subject: Any) -> Start:
-        events = list(subject) if subject is not None else []
+        # AG2 hands the whole history (a list): no copy of it per call.
+        events = subject if isinstance(subject, Sequence) else list(subject or ())
         return Start(inputs={"messages": len(events),
                              "last_message": event_text(events[-1]) if events else None})
 

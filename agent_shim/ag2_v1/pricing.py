@@ -12,9 +12,10 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -76,32 +77,30 @@ class PriceTable:
     def price(self, provider: str | None, model: str | None, tokens: Tokens) -> Price:
         """The cost of one call; never raises, never guesses."""
         table = self._table()
-        record: dict[str, Any] = {"table": TABLE, "version": table.version if table else None}
         if table is None:
-            return self._unknown(record, "table not installed", model)
+            return self._unknown(None, "table not installed", model)
         if not model or tokens.prompt is None and tokens.completion is None:
-            return self._unknown(record, "no model or no tokens", model)
+            return self._unknown(table.version, "no model or no tokens", model)
         found = table.lookup(_PROVIDER_IDS.get(provider or "", provider) or None, model,
-                             datetime.now(timezone.utc).date())
+                             int(time.time() // 86400))
         if found is None:
-            return self._unknown(record, "unknown model", model)
-        record.update(status="priced", provider=found.provider.id, model=found.model.id)
-        return Price(found.cost(provider, tokens), record)
+            return self._unknown(table.version, "unknown model", model)
+        # One provenance dict per table entry: records are snapshotted, never mutated.
+        return Price(found.cost(provider, tokens), found.record)
 
     def unpriced(self) -> dict[str, int]:
         """How many calls went unpriced, by ``"<reason>: <model>"``."""
         with self._lock:
             return {f"{reason}: {model}": n for (reason, model), n in self._unpriced.items()}
 
-    def _unknown(self, record: dict[str, Any], reason: str, model: str | None) -> Price:
+    def _unknown(self, version: str | None, reason: str, model: str | None) -> Price:
         with self._lock:
             first = (reason, model) not in self._unpriced
             self._unpriced[(reason, model)] += 1
         if first:
             log.warning("cmbagent-tracking: LLM calls of model %r recorded without a cost: %s%s",
                         model, reason, _HINTS.get(reason, ""))
-        record["status"] = reason
-        return Price(None, record)
+        return Price(None, {"table": TABLE, "version": version, "status": reason})
 
     def _table(self) -> _Table | None:
         # Imported on the first priced call, not at install: it pulls in pydantic and httpx.
@@ -116,13 +115,20 @@ class PriceTable:
         return self._loaded_table
 
 
-@dataclass(frozen=True, slots=True)
 class _Found:
     """A model's entry in the table, with its prices on one day."""
 
-    provider: Any
-    model: Any
-    prices: Any
+    __slots__ = ("provider", "model", "record", "_rates")
+
+    def __init__(self, provider: Any, model: Any, prices: Any, version: str) -> None:
+        self.provider = provider
+        self.model = model
+        self.record = {"table": TABLE, "version": version, "status": "priced",
+                       "provider": provider.id, "model": model.id}
+        #: Flat per-million rates: input, output, cache read, cache write (``None``: not flat).
+        self._rates = tuple(rate if isinstance(rate, Decimal) else None for rate in (
+            getattr(prices, name, None)
+            for name in ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")))
 
     def cost(self, provider: str | None, tokens: Tokens) -> float:
         counts = _counts(provider, tokens)
@@ -140,16 +146,15 @@ class _Found:
         """The table's flat per-million rates applied as the table applies them: input tokens
         less the cached ones at the input rate, cache reads and writes at their own rates;
         ``None`` when a token class this call used has no flat rate of its own."""
-        prices = self.prices
+        total = Decimal(0)
         uncached = counts.input - counts.cached - counts.written
-        billed: tuple[tuple[Any, int], ...] = (
-            (getattr(prices, "input_mtok", None), uncached),
-            (getattr(prices, "output_mtok", None), counts.output),
-            (getattr(prices, "cache_read_mtok", None), counts.cached),
-            (getattr(prices, "cache_write_mtok", None), counts.written))
-        if any(n and not isinstance(rate, Decimal) for rate, n in billed):
-            return None
-        return float(sum((rate * n for rate, n in billed if n), Decimal(0)) / 1_000_000)
+        for rate, n in zip(self._rates, (uncached, counts.output, counts.cached, counts.written),
+                           strict=True):
+            if n:
+                if rate is None:
+                    return None
+                total += rate * n
+        return float(total / 1_000_000)
 
 
 class _Table:
@@ -160,13 +165,14 @@ class _Table:
         self._snapshot = genai_prices.data_snapshot.get_snapshot()
         self.lookup = functools.lru_cache(maxsize=256)(self._lookup)
 
-    def _lookup(self, provider_id: str | None, model: str, day: date) -> _Found | None:
+    def _lookup(self, provider_id: str | None, model: str, day: int) -> _Found | None:
+        """``day``: days since the epoch (UTC), so that prices that change on a date apply."""
         try:
             provider, info = self._snapshot.find_provider_model(model, None, provider_id, None)
         except LookupError:
             return None
-        moment = datetime(day.year, day.month, day.day, 12, tzinfo=timezone.utc)
-        return _Found(provider, info, info.get_prices(moment))
+        noon = datetime.fromtimestamp(day * 86400 + 43200, tz=timezone.utc)
+        return _Found(provider, info, info.get_prices(noon), self.version)
 
 
 @dataclass(frozen=True, slots=True)
