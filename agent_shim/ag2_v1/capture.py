@@ -116,8 +116,10 @@ class CaptureMiddleware(BaseMiddleware):  # type: ignore[misc]
     async def _record_usage(self, event: UsageEvent) -> None:
         if event.kind not in MAINTENANCE_KINDS or not self.runtime.enabled:
             return
+        turn = TURN.get()
         try:
-            record_maintenance_usage(self, event)
+            record_usage_event(self.runtime, self.agent_name, event,
+                               turn.inner if turn is not None else None)
         except Exception as exc:
             self.runtime.disable("usage", exc)
 
@@ -199,7 +201,7 @@ class LLMCall(Activity):
                              "last_message": event_text(events[-1]) if events else None})
 
     def end(self, result: Any, capture: CaptureMiddleware) -> End:
-        meta, cost = usage_record(capture, result)
+        meta, cost = usage_record(capture.runtime, capture.agent_name, result)
         tool_calls = getattr(getattr(result, "tool_calls", None), "calls", None) or []
         outputs = {"content": getattr(result, "content", None),
                    "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments}
@@ -207,20 +209,20 @@ class LLMCall(Activity):
         return End(outputs=outputs, meta=meta, cost=cost)
 
 
-def usage_record(capture: CaptureMiddleware, reported: Any) -> tuple[dict[str, Any],
-                                                                      dict[str, Any]]:
+def usage_record(runtime: Runtime, agent: str | None,
+                 reported: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """An LLM call's meta (tokens, finish reason, cost, pricing) and its cost row's fields,
     from what reports its usage (a ``ModelResponse`` or a ``UsageEvent``)."""
     provider, model = getattr(reported, "provider", None), getattr(reported, "model", None)
     tokens = Tokens.of(getattr(reported, "usage", None))
-    price = capture.runtime.prices.price(provider, model, tokens)
+    price = runtime.prices.price(provider, model, tokens)
     meta = {"model": model, "provider": provider, "prompt_tokens": tokens.prompt,
             "completion_tokens": tokens.completion, "total_tokens": tokens.total,
             "cached_tokens": tokens.cached, "cache_write_tokens": tokens.cache_write,
             "reasoning_tokens": tokens.reasoning,
             "finish_reason": getattr(reported, "finish_reason", None),
             "cost": price.cost_usd, "pricing": price.record}
-    cost = {"model": model, "agent_name": capture.agent_name, "prompt_tokens": tokens.prompt,
+    cost = {"model": model, "agent_name": agent, "prompt_tokens": tokens.prompt,
             "completion_tokens": tokens.completion, "total_tokens": tokens.total,
             "cost_usd": price.cost_usd}
     return meta, cost
@@ -231,14 +233,14 @@ def usage_record(capture: CaptureMiddleware, reported: Any) -> tuple[dict[str, A
 MAINTENANCE_KINDS = frozenset({"compaction", "aggregation"})
 
 
-def record_maintenance_usage(capture: CaptureMiddleware, event: UsageEvent) -> None:
-    """One LLM call AG2 made for its own upkeep: a point ``llm_call`` (subtype: the kind) in the
-    turn that caused it, with its cost row."""
-    meta, cost = usage_record(capture, event)
-    turn = TURN.get()
-    scope = turn.inner if turn is not None else None
-    tracker = capture.runtime.tracker
-    event_id = tracker.event("llm_call", subtype=event.kind, agent_name=capture.agent_name,
+def record_usage_event(runtime: Runtime, agent: str | None, event: UsageEvent,
+                       scope: Scope | None, subtype: str | None = None) -> None:
+    """An LLM call that only a ``UsageEvent`` reports (AG2's upkeep, a live session's
+    responses): a point ``llm_call`` (subtype: the event's kind unless given), with its cost
+    row."""
+    meta, cost = usage_record(runtime, agent, event)
+    tracker = runtime.tracker
+    event_id = tracker.event("llm_call", subtype=subtype or event.kind, agent_name=agent,
                              inputs={"purpose": event.kind}, meta=meta, scope=scope)
     tracker.cost(**cost, event_id=event_id, scope=scope)
 
@@ -293,8 +295,8 @@ class Call:
     def close(self, result: Any, exc: BaseException | None) -> None:
         """End the span (and its conversation) with the result or exception. Never raises."""
         runtime = self.capture.runtime
-        _reset(TURN, self.turn)
-        _reset(CURRENT, self.current)
+        reset(TURN, self.turn)
+        reset(CURRENT, self.current)
         try:
             end = (End(status="failed", error=f"{type(exc).__name__}: {exc}") if exc is not None
                    else self.activity.end(result, self.capture))
@@ -425,7 +427,8 @@ def tool_result(result: Any) -> Any:
     return values[0] if len(values) == 1 else values
 
 
-def _reset(var: ContextVar[Any], token: Token[Any] | None) -> None:
+def reset(var: ContextVar[Any], token: Token[Any] | None) -> None:
+    """Undo a ``ContextVar.set``, unless it was made in another context."""
     if token is not None:
         try:
             var.reset(token)

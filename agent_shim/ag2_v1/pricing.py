@@ -14,10 +14,9 @@ import logging
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +34,9 @@ _CACHE_OUTSIDE_PROMPT = frozenset({"anthropic", "bedrock"})
 _REASONING_OUTSIDE_COMPLETION = frozenset({"google", "gemini", "vertexai"})
 
 
-@dataclass(frozen=True, slots=True)
-class Tokens:
-    """One call's token counts as AG2 reports them (``None``: not reported)."""
+class Tokens(NamedTuple):
+    """One call's token counts as AG2 reports them (``None``: not reported). A tuple: one is
+    built per LLM call, and a frozen dataclass costs a microsecond to build."""
 
     prompt: int | None = None
     completion: int | None = None
@@ -49,16 +48,22 @@ class Tokens:
     @classmethod
     def of(cls, usage: Any) -> Tokens:
         """From an ``ag2.events.Usage`` (token counts are floats there)."""
-        prompt, completion = _count(usage, "prompt_tokens"), _count(usage, "completion_tokens")
-        total = _count(usage, "total_tokens")
-        if total is None and prompt is not None:
-            total = prompt + (completion or 0)
-        return cls(prompt, completion, total, _count(usage, "cache_read_input_tokens"),
-                   _count(usage, "cache_creation_input_tokens"), _count(usage, "thinking_tokens"))
+        if usage is None:
+            return _NO_TOKENS
+        counts = [getattr(usage, field, None) for field in _USAGE_FIELDS]
+        counts = [int(v) if isinstance(v, (int, float)) else None for v in counts]
+        if counts[2] is None and counts[0] is not None:  # no total: prompt + completion
+            counts[2] = counts[0] + (counts[1] or 0)
+        return cls._make(counts)
 
 
-@dataclass(frozen=True, slots=True)
-class Price:
+#: ``ag2.events.Usage``'s fields, in the order of :class:`Tokens`.
+_USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens",
+                 "cache_read_input_tokens", "cache_creation_input_tokens", "thinking_tokens")
+_NO_TOKENS = Tokens()
+
+
+class Price(NamedTuple):
     """What one call cost, and the provenance recorded beside it."""
 
     cost_usd: float | None
@@ -131,25 +136,29 @@ class _Found:
             for name in ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")))
 
     def cost(self, provider: str | None, tokens: Tokens) -> float:
-        counts = _counts(provider, tokens)
-        flat = self._flat(counts)
+        """The table's input tokens include cache reads and writes, its output tokens include
+        reasoning, whatever the provider's own report leaves out."""
+        cached, written = tokens.cached or 0, tokens.cache_write or 0
+        input_tokens = (tokens.prompt or 0) + (
+            cached + written if provider in _CACHE_OUTSIDE_PROMPT else 0)
+        output_tokens = (tokens.completion or 0) + (
+            tokens.reasoning or 0 if provider in _REASONING_OUTSIDE_COMPLETION else 0)
+        flat = self._flat(input_tokens - cached - written, output_tokens, cached, written)
         if flat is not None:
             return flat
         # Tiered or unusual prices: the table's own calculation (about a millisecond a call).
         from genai_prices import Usage
 
-        usage = Usage(input_tokens=counts.input, output_tokens=counts.output,
-                      cache_read_tokens=counts.cached, cache_write_tokens=counts.written)
+        usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens,
+                      cache_read_tokens=cached, cache_write_tokens=written)
         return float(self.model.calc_price(usage, self.provider).total_price)
 
-    def _flat(self, counts: _Counts) -> float | None:
+    def _flat(self, *counts: int) -> float | None:
         """The table's flat per-million rates applied as the table applies them: input tokens
-        less the cached ones at the input rate, cache reads and writes at their own rates;
-        ``None`` when a token class this call used has no flat rate of its own."""
+        less the cached ones at the input rate, output, cache reads and writes at their own
+        rates; ``None`` when a token class this call used has no flat rate of its own."""
         total = Decimal(0)
-        uncached = counts.input - counts.cached - counts.written
-        for rate, n in zip(self._rates, (uncached, counts.output, counts.cached, counts.written),
-                           strict=True):
+        for rate, n in zip(self._rates, counts, strict=True):
             if n:
                 if rate is None:
                     return None
@@ -173,29 +182,3 @@ class _Table:
             return None
         noon = datetime.fromtimestamp(day * 86400 + 43200, tz=timezone.utc)
         return _Found(provider, info, info.get_prices(noon), self.version)
-
-
-@dataclass(frozen=True, slots=True)
-class _Counts:
-    """Token counts as the table counts them."""
-
-    input: int
-    output: int
-    cached: int
-    written: int
-
-
-def _counts(provider: str | None, tokens: Tokens) -> _Counts:
-    """The table's input tokens include cache reads and writes, its output tokens include
-    reasoning, whatever the provider's own report leaves out."""
-    cached, written = tokens.cached or 0, tokens.cache_write or 0
-    input_tokens = (tokens.prompt or 0) + (
-        cached + written if provider in _CACHE_OUTSIDE_PROMPT else 0)
-    output_tokens = (tokens.completion or 0) + (
-        tokens.reasoning or 0 if provider in _REASONING_OUTSIDE_COMPLETION else 0)
-    return _Counts(input_tokens, output_tokens, cached, written)
-
-
-def _count(usage: Any, field: str) -> int | None:
-    value = getattr(usage, field, None)
-    return int(value) if isinstance(value, (int, float)) else None

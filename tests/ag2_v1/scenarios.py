@@ -14,16 +14,25 @@ import asyncio
 import json
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ag2 import Agent, Context, TaskConfig
 from ag2.aggregate import AggregateTrigger, ConversationSummaryAggregate
 from ag2.compact import CompactTrigger, SummarizeCompact
-from ag2.events import ModelMessage, ModelResponse, ToolCallEvent, ToolCallsEvent, Usage
+from ag2.events import (
+    ModelMessage,
+    ModelResponse,
+    ToolCallEvent,
+    ToolCallsEvent,
+    Usage,
+    UsageEvent,
+)
 from ag2.knowledge import MemoryKnowledgeStore
 from ag2.knowledge.config import KnowledgeConfig
+from ag2.live import LiveAgent
 from ag2.network import (
     EV_CHANNEL_CLOSED,
     WORKFLOW_TYPE,
@@ -389,6 +398,48 @@ async def memory_upkeep() -> Expected:
                     nesting=[("archivist", "llm_call", "agent_call")])
 
 
+class ScriptedRealtime:
+    """A realtime provider's session, scripted: once open, it emits what OpenAI's does for two
+    responses (a tool call, then an answer): each response's ``UsageEvent`` and
+    ``ModelResponse``, from a task of its own as the provider's receive loop."""
+
+    def __init__(self, *responses: ModelResponse) -> None:
+        self.responses = responses
+        self.done = asyncio.Event()
+
+    @asynccontextmanager
+    async def session(self, context: Context, **_: Any) -> AsyncIterator[None]:
+        task = asyncio.create_task(self._receive(context))
+        try:
+            yield
+        finally:
+            await task
+
+    async def _receive(self, context: Context) -> None:
+        for response in self.responses:
+            for tool_call in response.tool_calls.calls if response.tool_calls else ():
+                await context.send(tool_call)
+            await context.send(UsageEvent(response.usage, kind="model_call",
+                                          model=response.model, provider=response.provider))
+            await context.send(response)
+        self.done.set()
+
+
+async def live_session() -> Expected:
+    """A ``LiveAgent`` session on a scripted realtime provider: a tool call, two responses."""
+    ledger = Ledger()
+    provider = ScriptedRealtime(
+        ledger.response(None, call("add", a=4, b=5), prompt=500, completion=60),
+        ledger.response("Nine.", prompt=620, completion=30, cached=300))
+    agent = LiveAgent("voice", config=provider, tools=[add])
+    async with agent.run():
+        await provider.done.wait()
+    return Expected({"conversation": 1, "agent_call": 1, "llm_call": 2, "tool_call": 1}, ledger,
+                    nesting=[("voice", "tool_call", "agent_call"),
+                             ("voice", "llm_call", "agent_call"),
+                             ("voice", "agent_call", "conversation")])
+
+
 SCENARIOS: dict[str, Callable[[], Awaitable[Expected]]] = {
     "parallel_tools": parallel_tools,
     "delegation": delegation,
@@ -402,6 +453,7 @@ SCENARIOS: dict[str, Callable[[], Awaitable[Expected]]] = {
     "network_graph": network_graph,
     "sandbox_tools": sandbox_tools,
     "memory_upkeep": memory_upkeep,
+    "live_session": live_session,
 }
 
 
