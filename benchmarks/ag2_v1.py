@@ -9,7 +9,11 @@ at once. Three middlewares are timed side by side in each round, in rotated orde
 discards, and our capture middleware with a tracker whose sink discards (records are built,
 frozen and priced on the caller's thread, as in production; the sender thread is left out, as
 the exporter is). Figures: the time each adds to a turn over the baseline, medians over rounds
-with the interquartile range in brackets, and the ratio of ours to AG2's own.
+with the interquartile range in brackets, and the ratio of ours to AG2's own. Against the
+classic capture's budget (benchmarks part 1: a captured call costs at most a third of one
+OpenTelemetry span carrying its facts), each round also times such a span with the same
+exporter, and ours per captured call (the turn, two LLM calls, the tool call: a fourth of what
+ours adds to a turn, its conversation span, cost rows and pricing included) is divided by it.
 """
 
 from __future__ import annotations
