@@ -2,9 +2,10 @@
 set.
 
 It must cost next to nothing and never raise: it does not import AG2. For each watched module
-(``autogen``: classic AG2, whichever distribution provides it; ``ag2`` and ``ag2.network``: AG2
-1.x; ``cmbagent``) it installs that capture now if the module is already imported; otherwise a
-meta-path finder waits for the first import and installs it right after the module has executed.
+(``autogen``: classic AG2, whichever distribution provides it; ``ag2``, ``ag2.network`` and
+``ag2.live.realtime``: AG2 1.x; ``cmbagent``) it installs that capture now if the module is
+already imported; otherwise a meta-path finder waits for the first import and installs it right
+after the module has executed.
 Classic AG2 and 1.x can both be captured in one process, each once.
 """
 
@@ -36,11 +37,11 @@ def _install_cmbagent(module: ModuleType) -> None:
     install(module)
 
 
-#: Watched module -> what to install once it has executed (``ag2.network`` is opt-in in AG2 1.x:
-#: its hubs are captured once it is imported).
+#: Watched module -> what to install once it has executed (``ag2.network`` and ``ag2.live`` are
+#: opt-in in AG2 1.x: their hubs and live agents are captured once they are imported).
 TARGETS: dict[str, Callable[[ModuleType], None]] = {
     "autogen": _install_ag2, "ag2": _install_ag2_v1, "ag2.network": _install_ag2_v1,
-    "cmbagent": _install_cmbagent}
+    "ag2.live.realtime": _install_ag2_v1, "cmbagent": _install_cmbagent}
 
 
 def _install(name: str, module: ModuleType) -> None:

@@ -9,13 +9,18 @@ at once. Three middlewares are timed side by side in each round, in rotated orde
 discards, and our capture middleware with a tracker whose sink discards (records are built,
 frozen and priced on the caller's thread, as in production; the sender thread is left out, as
 the exporter is). Figures: the time each adds to a turn over the baseline, medians over rounds
-with the interquartile range in brackets, and the ratio of ours to AG2's own.
+with the interquartile range in brackets, and the ratio of ours to AG2's own. Against the
+classic capture's budget (benchmarks part 1: a captured call costs at most a third of one
+OpenTelemetry span carrying its facts), each round also times such a span with the same
+exporter, and ours per captured call (the turn, two LLM calls, the tool call: a fourth of what
+ours adds to a turn, its conversation span, cost rows and pricing included) is divided by it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -75,13 +80,37 @@ class DiscardSink:
         return self
 
 
-def factories() -> dict[str, Factory]:
+#: Hook calls captured per turn: the turn, two LLM calls, one tool call.
+CAPTURED_CALLS = 4
+#: The classic capture's goal per captured call (benchmarks part 1): a third of an OTel span.
+CLASSIC_GOAL = 1 / 3
+
+
+def tracer_provider() -> TracerProvider:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(Discard()))
+    return provider
+
+
+def factories(provider: TracerProvider) -> dict[str, Factory]:
     tracker = Tracker(ShimSettings(collector_urls=("inproc://discard",)), DiscardSink())
     return {"baseline": BaseMiddleware,
             "otel": TelemetryMiddleware(tracer_provider=provider, agent_name="assistant"),
             "ours": CaptureFactory("assistant", Runtime(tracker))}
+
+
+def time_spans(tracer: Any, spans: int) -> float:
+    """Seconds per OpenTelemetry span carrying one call's facts (part 1's baseline, the unit of
+    the classic capture's budget), with the same discarding exporter."""
+    message = "Add 1 and 2."
+    started = time.perf_counter()
+    for _ in range(spans):
+        with tracer.start_as_current_span("llm_call") as span:
+            span.set_attribute("gen_ai.agent.name", "assistant")
+            span.set_attribute("input.value", message)
+            span.set_attribute("input.messages", 1)
+            span.set_attribute("output.value", "3")
+    return (time.perf_counter() - started) / spans
 
 
 async def _model_tool_turn(events: Any, context: Any) -> ModelResponse:
@@ -120,24 +149,40 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--turns", type=int, default=2000)
     args = parser.parse_args()
-    middlewares = factories()
-    names = list(middlewares)
+    provider = tracer_provider()
+    middlewares = factories(provider)
+    tracer = provider.get_tracer("bench")
+    variants: dict[str, Callable[[int], float]] = {
+        name: functools.partial(_run_turns, factory) for name, factory in middlewares.items()}
+    variants["otel span"] = functools.partial(time_spans, tracer)
+    names = list(variants)
     times: dict[str, list[float]] = {name: [] for name in names}
     for name in names:  # warm-up: imports (the price table) and first-use caches
-        asyncio.run(time_turns(middlewares[name], 10))
+        variants[name](10)
     for round_number in range(args.rounds):
         shift = round_number % len(names)
         for name in names[shift:] + names[:shift]:
-            times[name].append(asyncio.run(time_turns(middlewares[name], args.turns)))
+            times[name].append(variants[name](args.turns))
     base = times["baseline"]
     added = {name: [t - b for t, b in zip(times[name], base, strict=True)]
              for name in ("otel", "ours")}
+    per_call = [t / CAPTURED_CALLS for t in added["ours"]]
+    budget = ratios(per_call, times["otel span"])
     print(f"AG2 1.x middleware per turn (2 LLM calls, 1 tool call), {args.rounds} rounds x "
           f"{args.turns} turns")
     print(f"  baseline (BaseMiddleware)    {Summary.of(base).scaled(1e6).format(' us')}")
     print(f"  + TelemetryMiddleware (OTel) {Summary.of(added['otel']).scaled(1e6).format(' us')}")
     print(f"  + cmbagent capture           {Summary.of(added['ours']).scaled(1e6).format(' us')}")
     print(f"  ours / OTel (added time)     {ratios(added['ours'], added['otel']).format()}")
+    print(f"  ours per captured call       {Summary.of(per_call).scaled(1e6).format(' us')}")
+    print(f"  one OTel span (part 1's unit) "
+          f"{Summary.of(times['otel span']).scaled(1e6).format(' us')}")
+    print(f"  per call / OTel span         {budget.format()}  (classic goal <= "
+          f"{CLASSIC_GOAL:.2f}: {'met' if budget.median <= CLASSIC_GOAL else 'MISSED'})")
+
+
+def _run_turns(factory: Factory, turns: int) -> float:
+    return asyncio.run(time_turns(factory, turns))
 
 
 if __name__ == "__main__":

@@ -3,16 +3,19 @@
 AG2 1.x has extension points for exactly this. ``install()`` patches ``ag2.Agent.__init__`` so
 that every agent constructed afterwards gets the capture middleware inserted outermost
 (``Agent.insert_middleware``); it records turns, LLM calls (tokens, and a cost from
-``agent_shim.ag2_v1.pricing``), tool calls and human input. If ``ag2.network`` is imported, it
-also patches ``Hub.__init__`` to register a ``HubListener`` on every hub (channels, envelopes,
-routing: ``agent_shim.ag2_v1.network``). With ``CMBAGENT_COLLECTOR_URL`` set,
+``agent_shim.ag2_v1.pricing``), tool calls and human input. It also wraps the sandbox tools'
+adapters for ``code_exec`` events (``agent_shim.ag2_v1.sandbox``). If ``ag2.network`` is
+imported, it also patches ``Hub.__init__`` to register a ``HubListener`` on every hub
+(channels, envelopes, routing: ``agent_shim.ag2_v1.network``); if ``ag2.live`` is, it patches
+``LiveAgent`` (sessions: ``agent_shim.ag2_v1.live``). With ``CMBAGENT_COLLECTOR_URL`` set,
 ``agent_shim._autoload`` calls ``install()`` as soon as ``ag2`` is imported, and again when
-``ag2.network`` is. See docs/ag2-capture.md.
+``ag2.network`` or ``ag2.live`` is. See docs/ag2-capture.md.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import sys
 import threading
@@ -36,16 +39,16 @@ def install(tracker: Tracker | DisabledTracker | None = None) -> bool:
     """Capture AG2 1.x agents constructed from now on into ``tracker`` (default: the process's).
 
     Returns ``True`` if capture is in place afterwards. A second call only adds the hub
-    listener if ``ag2.network`` has been imported since; a disabled tracker, or an ``ag2`` that
-    is not 1.x, patches nothing. Never raises.
+    listener or the live-agent patch if ``ag2.network`` or ``ag2.live`` has been imported
+    since; a disabled tracker, or an ``ag2`` that is not 1.x, patches nothing. Never raises.
     """
     with _lock:
         if _runtime is None and not _install_agents(tracker):
             return False
         assert _runtime is not None
-        hubs_patched = any(owner.__name__ == "Hub" for owner, _, _ in _patches)
-        if "ag2.network" in sys.modules and not hubs_patched:
-            _install_hubs(_runtime)
+        for module in _OPTIONAL:
+            if module in sys.modules and module not in _optional_installed:
+                _install_optional(module, _runtime)
         return True
 
 
@@ -73,27 +76,46 @@ def _install_agents(tracker: Tracker | DisabledTracker | None) -> bool:
             original(self, *args, **kwargs)
             if runtime.enabled:
                 try:
-                    self.insert_middleware(CaptureFactory(self.name, runtime))
+                    self.insert_middleware(CaptureFactory(
+                        self.name, runtime, maintains_memory(kwargs.get("knowledge"))))
                 except Exception as exc:
                     runtime.disable("Agent.__init__", exc)
 
+        from .sandbox import patch_sandbox
+
+        sandbox_patches = patch_sandbox(runtime)
         Agent.__init__ = __init__  # type: ignore[method-assign]
     except Exception as exc:
         log.warning("cmbagent-tracking: AG2 1.x capture not installed", exc_info=exc)
         return False
     _runtime = runtime
-    _patches.append((Agent, "__init__", original))
+    _patches.extend([*sandbox_patches, (Agent, "__init__", original)])
     return True
 
 
-def _install_hubs(runtime: Runtime) -> None:
-    """Register the capture listener on every ``ag2.network`` hub built from now on."""
-    try:
-        from .network import patch_hub
+def maintains_memory(knowledge: Any) -> bool:
+    """Whether an agent's ``KnowledgeConfig`` compacts or aggregates: LLM calls of AG2's own,
+    outside ``on_llm_call``, whose usage only its stream reports."""
+    return (getattr(knowledge, "compact", None) is not None
+            or getattr(knowledge, "aggregate", None) is not None)
 
-        _patches.extend(patch_hub(runtime))
+
+#: AG2 1.x modules a program imports only when it uses them (``import ag2`` does not), and
+#: where the patch that captures their objects is.
+_OPTIONAL = {"ag2.network": ("network", "patch_hub"), "ag2.live.realtime": ("live", "patch_live")}
+_optional_installed: set[str] = set()
+
+
+def _install_optional(module: str, runtime: Runtime) -> None:
+    """Capture the objects of an optional AG2 module (hubs, live agents) built from now on."""
+    submodule, patcher = _OPTIONAL[module]
+    try:
+        patch = getattr(importlib.import_module(f".{submodule}", __name__), patcher)
+        _patches.extend(patch(runtime))
+        _optional_installed.add(module)
     except Exception as exc:
-        log.warning("cmbagent-tracking: AG2 1.x network capture not installed", exc_info=exc)
+        log.warning("cmbagent-tracking: AG2 1.x capture of %s not installed", module,
+                    exc_info=exc)
 
 
 def uninstall() -> bool:
@@ -107,6 +129,7 @@ def uninstall() -> bool:
         for owner, name, original in reversed(_patches):
             setattr(owner, name, original)
         _patches.clear()
+        _optional_installed.clear()
         _runtime.active = False
         _runtime = None
         return True

@@ -30,6 +30,7 @@ from ag2.events import (
     ToolNotFoundEvent,
     ToolResultEvent,
     ToolResultsEvent,
+    UsageEvent,
 )
 from ag2.middleware import BaseMiddleware
 
@@ -73,26 +74,54 @@ class Runtime:
 class CaptureFactory:
     """The middleware factory inserted into one agent (AG2 calls it at the start of each turn)."""
 
-    def __init__(self, agent_name: str | None, runtime: Runtime) -> None:
+    def __init__(self, agent_name: str | None, runtime: Runtime,
+                 maintains_memory: bool = False) -> None:
         self.agent_name = agent_name
         self.runtime = runtime
+        self.maintains_memory = maintains_memory
 
     def __call__(self, event: Any, context: Any) -> CaptureMiddleware:
-        return CaptureMiddleware(event, context, self.agent_name, self.runtime)
+        return CaptureMiddleware(event, context, self.agent_name, self.runtime,
+                                 self.maintains_memory)
 
 
 class CaptureMiddleware(BaseMiddleware):  # type: ignore[misc]
     """Records one turn of one agent, with its LLM calls, tool calls and human input."""
 
     def __init__(self, event: Any, context: Any, agent_name: str | None,
-                 runtime: Runtime) -> None:
+                 runtime: Runtime, maintains_memory: bool = False) -> None:
         super().__init__(event, context)
         self.agent_name = agent_name
         self.runtime = runtime
+        self.maintains_memory = maintains_memory
 
     async def on_turn(self, call_next: Callable[..., Awaitable[Any]], event: Any,
                       context: Any) -> Any:
+        if self.maintains_memory:
+            call_next = self._watching_usage(call_next)
         return await self._traced(_TURN, call_next, event, context)
+
+    def _watching_usage(self, call_next: Callable[..., Awaitable[Any]]
+                        ) -> Callable[..., Awaitable[Any]]:
+        """``call_next`` with the turn's stream watched for the usage of AG2's own LLM calls
+        (compaction, aggregation): sent as ``UsageEvent``\\ s, never through ``on_llm_call``.
+        Only agents that compact or aggregate pay for the subscription."""
+
+        async def watched(event: Any, context: Any) -> Any:
+            with context.stream.where(UsageEvent).sub_scope(self._record_usage):
+                return await call_next(event, context)
+
+        return watched
+
+    async def _record_usage(self, event: UsageEvent) -> None:
+        if event.kind not in MAINTENANCE_KINDS or not self.runtime.enabled:
+            return
+        turn = TURN.get()
+        try:
+            record_usage_event(self.runtime, self.agent_name, event,
+                               turn.inner if turn is not None else None)
+        except Exception as exc:
+            self.runtime.disable("usage", exc)
 
     async def on_llm_call(self, call_next: Callable[..., Awaitable[Any]],
                           events: Sequence[Any], context: Any) -> Any:
@@ -166,28 +195,54 @@ class LLMCall(Activity):
     event_type = "llm_call"
 
     def begin(self, subject: Any) -> Start:
-        events = list(subject) if subject is not None else []
+        # AG2 hands the whole history (a list): no copy of it per call.
+        events = subject if isinstance(subject, Sequence) else list(subject or ())
         return Start(inputs={"messages": len(events),
                              "last_message": event_text(events[-1]) if events else None})
 
     def end(self, result: Any, capture: CaptureMiddleware) -> End:
-        provider, model = getattr(result, "provider", None), getattr(result, "model", None)
-        tokens = Tokens.of(getattr(result, "usage", None))
-        price = capture.runtime.prices.price(provider, model, tokens)
+        meta, cost = usage_record(capture.runtime, capture.agent_name, result)
         tool_calls = getattr(getattr(result, "tool_calls", None), "calls", None) or []
-        meta = {"model": model, "provider": provider, "prompt_tokens": tokens.prompt,
-                "completion_tokens": tokens.completion, "total_tokens": tokens.total,
-                "cached_tokens": tokens.cached, "cache_write_tokens": tokens.cache_write,
-                "reasoning_tokens": tokens.reasoning,
-                "finish_reason": getattr(result, "finish_reason", None),
-                "cost": price.cost_usd, "pricing": price.record}
         outputs = {"content": getattr(result, "content", None),
                    "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments}
                                   for c in tool_calls] or None}
-        return End(outputs=outputs, meta=meta,
-                   cost={"model": model, "agent_name": capture.agent_name,
-                         "prompt_tokens": tokens.prompt, "completion_tokens": tokens.completion,
-                         "total_tokens": tokens.total, "cost_usd": price.cost_usd})
+        return End(outputs=outputs, meta=meta, cost=cost)
+
+
+def usage_record(runtime: Runtime, agent: str | None,
+                 reported: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An LLM call's meta (tokens, finish reason, cost, pricing) and its cost row's fields,
+    from what reports its usage (a ``ModelResponse`` or a ``UsageEvent``)."""
+    provider, model = getattr(reported, "provider", None), getattr(reported, "model", None)
+    tokens = Tokens.of(getattr(reported, "usage", None))
+    price = runtime.prices.price(provider, model, tokens)
+    meta = {"model": model, "provider": provider, "prompt_tokens": tokens.prompt,
+            "completion_tokens": tokens.completion, "total_tokens": tokens.total,
+            "cached_tokens": tokens.cached, "cache_write_tokens": tokens.cache_write,
+            "reasoning_tokens": tokens.reasoning,
+            "finish_reason": getattr(reported, "finish_reason", None),
+            "cost": price.cost_usd, "pricing": price.record}
+    cost = {"model": model, "agent_name": agent, "prompt_tokens": tokens.prompt,
+            "completion_tokens": tokens.completion, "total_tokens": tokens.total,
+            "cost_usd": price.cost_usd}
+    return meta, cost
+
+
+#: ``UsageEvent.kind`` of AG2's own LLM calls made outside ``on_llm_call``. (``model_call``
+#: repeats an ``on_llm_call``'s usage; ``subtask`` sums a sub-task's, recorded in its turns.)
+MAINTENANCE_KINDS = frozenset({"compaction", "aggregation"})
+
+
+def record_usage_event(runtime: Runtime, agent: str | None, event: UsageEvent,
+                       scope: Scope | None, subtype: str | None = None) -> None:
+    """An LLM call that only a ``UsageEvent`` reports (AG2's upkeep, a live session's
+    responses): a point ``llm_call`` (subtype: the event's kind unless given), with its cost
+    row."""
+    meta, cost = usage_record(runtime, agent, event)
+    tracker = runtime.tracker
+    event_id = tracker.event("llm_call", subtype=subtype or event.kind, agent_name=agent,
+                             inputs={"purpose": event.kind}, meta=meta, scope=scope)
+    tracker.cost(**cost, event_id=event_id, scope=scope)
 
 
 class ToolCall(Activity):
@@ -240,8 +295,8 @@ class Call:
     def close(self, result: Any, exc: BaseException | None) -> None:
         """End the span (and its conversation) with the result or exception. Never raises."""
         runtime = self.capture.runtime
-        _reset(TURN, self.turn)
-        _reset(CURRENT, self.current)
+        reset(TURN, self.turn)
+        reset(CURRENT, self.current)
         try:
             end = (End(status="failed", error=f"{type(exc).__name__}: {exc}") if exc is not None
                    else self.activity.end(result, self.capture))
@@ -372,7 +427,8 @@ def tool_result(result: Any) -> Any:
     return values[0] if len(values) == 1 else values
 
 
-def _reset(var: ContextVar[Any], token: Token[Any] | None) -> None:
+def reset(var: ContextVar[Any], token: Token[Any] | None) -> None:
+    """Undo a ``ContextVar.set``, unless it was made in another context."""
     if token is not None:
         try:
             var.reset(token)

@@ -3,8 +3,9 @@
 ``install()`` patches ``Hub.__init__`` to register one :class:`CaptureListener` on every hub
 (``Hub.register_listener``, AG2's API) and ``Hub.close`` to end the channels still open when
 the hub goes. A channel is a ``conversation`` span from its creation to its close or expiry;
-its text and packet envelopes are ``message`` events in it, and a packet's routing (a static
-tool handoff, a dynamic ``Handoff``, a ``Finish``) is a ``handoff`` event. A turn an envelope
+its text and packet envelopes are ``message`` events in it, and where a workflow channel goes
+after each (a tool's ``Handoff`` or ``Finish``, a graph transition, the graph's default target,
+its turn limit) is a ``handoff`` event. A turn an envelope
 triggers finds its channel in the turn's dependencies (``ag2.network.channel``, stamped by the
 network client) and hangs under the channel's span (see ``capture.CaptureMiddleware``).
 """
@@ -12,9 +13,10 @@ network client) and hangs under the channel's span (see ``capture.CaptureMiddlew
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
-from ag2.network import BaseHubListener, Hub
+from ag2.network import BaseHubListener, Hub, TransitionGraph
 
 from .capture import Runtime
 
@@ -27,8 +29,9 @@ class CaptureListener(BaseHubListener):  # type: ignore[misc]
     """Records one hub's channels, envelopes and routing; the listener methods it does not
     override (dispatch failures, expectations, tasks, inbox pressure) record nothing."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, hub: Hub) -> None:
         self.runtime = runtime
+        self.hub = hub
         self.names: dict[str, str] = {}
         self.open_channels: set[str] = set()
 
@@ -106,18 +109,62 @@ class CaptureListener(BaseHubListener):  # type: ignore[misc]
                     "content": data.get("text", data.get("body"))},
             meta={"envelope_id": envelope.envelope_id, "event_type": kind,
                   "task_id": envelope.task_id})
-        routing = data.get("routing") if kind == _PACKET and rejected is None else None
-        if isinstance(routing, dict) and routing.get("kind") in ("handoff", "finish"):
-            finish = routing["kind"] == "finish"
-            # A Handoff returned by a tool names its target; a static ToolCalled rule leaves
-            # the target to the channel's graph.
-            how = "finish" if finish else "handoff" if routing.get("target") else "tool_called"
-            target = None if finish else self.name(routing.get("target"))
-            tracker.event("handoff", subtype="termination" if finish else how,
-                          agent_name=sender, scope=scope, inputs={"from": sender},
-                          outputs={"to": target},
-                          meta={"decided_by": how, "reason": routing.get("reason"),
-                                "tool": routing.get("tool"), "terminated": finish})
+        if rejected is None:
+            routing = data.get("routing") if kind == _PACKET else None
+            self._transition(envelope, sender, scope,
+                             routing if isinstance(routing, dict) else {})
+
+    def _transition(self, envelope: Any, sender: str | None, scope: Any,
+                    routing: dict[str, Any]) -> None:
+        """The ``handoff`` an accepted envelope decided: its packet's routing (a tool's
+        ``Handoff`` or ``Finish``), else the workflow graph (a transition, the default target,
+        the turn limit), read from the state the hub folded for this very envelope."""
+        state = self.hub.adapter_state(envelope.channel_id)
+        if getattr(state, "last_envelope_id", None) != envelope.envelope_id:
+            state = None  # not a workflow channel, or already folded past this envelope
+        kind = routing.get("kind")
+        if kind == "finish":
+            decision = Decision("termination", "finish", None, routing.get("reason"))
+        elif kind == "handoff" and routing.get("target"):
+            decision = Decision("handoff", "handoff", routing["target"], routing.get("reason"))
+        elif state is not None and getattr(state, "graph_data", None):
+            decision = graph_decision(state, envelope)
+        elif kind == "handoff":  # a static ToolCalled rule, whose pick the state no longer shows
+            decision = Decision("transition", "tool_called", None, routing.get("reason"))
+        else:
+            return
+        target = self.name(decision.target)
+        self.runtime.tracker.event(
+            "handoff", subtype=decision.subtype, agent_name=sender, scope=scope,
+            inputs={"from": sender}, outputs={"to": target},
+            meta={"decided_by": decision.decided_by, "reason": decision.reason,
+                  "tool": routing.get("tool"), "terminated": decision.subtype == "termination"})
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Where a workflow channel goes after an envelope, and what decided it."""
+
+    subtype: str  #: ``transition``, ``default``, ``handoff`` or ``termination``
+    decided_by: str  #: the rule's condition (``from_speaker``...), ``default``, ``finish``...
+    target: str | None
+    reason: str | None = None
+
+
+def graph_decision(state: Any, envelope: Any) -> Decision:
+    """What the workflow graph decided for ``envelope``: the state holds the outcome (the next
+    speaker, or none and a close reason); which rule gave it is found as the adapter finds it,
+    the first transition by priority whose condition holds, else the default target."""
+    graph = TransitionGraph.loads(state.graph_data)
+    target, reason = state.expected_next_speaker, state.pending_close_reason or None
+    if target is not None and graph.max_turns is not None and state.turn_count >= graph.max_turns:
+        return Decision("termination", "max_turns", None, "max_turns")
+    rule = next((t.when for t in sorted(graph.transitions, key=lambda t: t.priority)
+                 if t.when.evaluate(state, envelope)), None)
+    decided_by = getattr(rule, "name", type(rule).__name__) if rule is not None else "default"
+    if target is None:
+        return Decision("termination", decided_by, None, reason)
+    return Decision("default" if rule is None else "transition", decided_by, target, reason)
 
 
 def patch_hub(runtime: Runtime) -> list[tuple[Any, str, Any]]:
@@ -129,7 +176,7 @@ def patch_hub(runtime: Runtime) -> list[tuple[Any, str, Any]]:
         original_init(self, *args, **kwargs)
         if runtime.enabled:
             try:
-                self.register_listener(CaptureListener(runtime))
+                self.register_listener(CaptureListener(runtime, self))
             except Exception as exc:
                 runtime.disable("Hub.__init__", exc)
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections import Counter
-from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,9 @@ _CACHE_OUTSIDE_PROMPT = frozenset({"anthropic", "bedrock"})
 _REASONING_OUTSIDE_COMPLETION = frozenset({"google", "gemini", "vertexai"})
 
 
-@dataclass(frozen=True, slots=True)
-class Tokens:
-    """One call's token counts as AG2 reports them (``None``: not reported)."""
+class Tokens(NamedTuple):
+    """One call's token counts as AG2 reports them (``None``: not reported). A tuple: one is
+    built per LLM call, and a frozen dataclass costs a microsecond to build."""
 
     prompt: int | None = None
     completion: int | None = None
@@ -48,16 +48,22 @@ class Tokens:
     @classmethod
     def of(cls, usage: Any) -> Tokens:
         """From an ``ag2.events.Usage`` (token counts are floats there)."""
-        prompt, completion = _count(usage, "prompt_tokens"), _count(usage, "completion_tokens")
-        total = _count(usage, "total_tokens")
-        if total is None and prompt is not None:
-            total = prompt + (completion or 0)
-        return cls(prompt, completion, total, _count(usage, "cache_read_input_tokens"),
-                   _count(usage, "cache_creation_input_tokens"), _count(usage, "thinking_tokens"))
+        if usage is None:
+            return _NO_TOKENS
+        counts = [getattr(usage, field, None) for field in _USAGE_FIELDS]
+        counts = [int(v) if isinstance(v, (int, float)) else None for v in counts]
+        if counts[2] is None and counts[0] is not None:  # no total: prompt + completion
+            counts[2] = counts[0] + (counts[1] or 0)
+        return cls._make(counts)
 
 
-@dataclass(frozen=True, slots=True)
-class Price:
+#: ``ag2.events.Usage``'s fields, in the order of :class:`Tokens`.
+_USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens",
+                 "cache_read_input_tokens", "cache_creation_input_tokens", "thinking_tokens")
+_NO_TOKENS = Tokens()
+
+
+class Price(NamedTuple):
     """What one call cost, and the provenance recorded beside it."""
 
     cost_usd: float | None
@@ -76,32 +82,30 @@ class PriceTable:
     def price(self, provider: str | None, model: str | None, tokens: Tokens) -> Price:
         """The cost of one call; never raises, never guesses."""
         table = self._table()
-        record: dict[str, Any] = {"table": TABLE, "version": table.version if table else None}
         if table is None:
-            return self._unknown(record, "table not installed", model)
+            return self._unknown(None, "table not installed", model)
         if not model or tokens.prompt is None and tokens.completion is None:
-            return self._unknown(record, "no model or no tokens", model)
+            return self._unknown(table.version, "no model or no tokens", model)
         found = table.lookup(_PROVIDER_IDS.get(provider or "", provider) or None, model,
-                             datetime.now(timezone.utc).date())
+                             int(time.time() // 86400))
         if found is None:
-            return self._unknown(record, "unknown model", model)
-        record.update(status="priced", provider=found.provider.id, model=found.model.id)
-        return Price(found.cost(provider, tokens), record)
+            return self._unknown(table.version, "unknown model", model)
+        # One provenance dict per table entry: records are snapshotted, never mutated.
+        return Price(found.cost(provider, tokens), found.record)
 
     def unpriced(self) -> dict[str, int]:
         """How many calls went unpriced, by ``"<reason>: <model>"``."""
         with self._lock:
             return {f"{reason}: {model}": n for (reason, model), n in self._unpriced.items()}
 
-    def _unknown(self, record: dict[str, Any], reason: str, model: str | None) -> Price:
+    def _unknown(self, version: str | None, reason: str, model: str | None) -> Price:
         with self._lock:
             first = (reason, model) not in self._unpriced
             self._unpriced[(reason, model)] += 1
         if first:
             log.warning("cmbagent-tracking: LLM calls of model %r recorded without a cost: %s%s",
                         model, reason, _HINTS.get(reason, ""))
-        record["status"] = reason
-        return Price(None, record)
+        return Price(None, {"table": TABLE, "version": version, "status": reason})
 
     def _table(self) -> _Table | None:
         # Imported on the first priced call, not at install: it pulls in pydantic and httpx.
@@ -116,40 +120,50 @@ class PriceTable:
         return self._loaded_table
 
 
-@dataclass(frozen=True, slots=True)
 class _Found:
     """A model's entry in the table, with its prices on one day."""
 
-    provider: Any
-    model: Any
-    prices: Any
+    __slots__ = ("provider", "model", "record", "_rates")
+
+    def __init__(self, provider: Any, model: Any, prices: Any, version: str) -> None:
+        self.provider = provider
+        self.model = model
+        self.record = {"table": TABLE, "version": version, "status": "priced",
+                       "provider": provider.id, "model": model.id}
+        #: Flat per-million rates: input, output, cache read, cache write (``None``: not flat).
+        self._rates = tuple(rate if isinstance(rate, Decimal) else None for rate in (
+            getattr(prices, name, None)
+            for name in ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")))
 
     def cost(self, provider: str | None, tokens: Tokens) -> float:
-        counts = _counts(provider, tokens)
-        flat = self._flat(counts)
+        """The table's input tokens include cache reads and writes, its output tokens include
+        reasoning, whatever the provider's own report leaves out."""
+        cached, written = tokens.cached or 0, tokens.cache_write or 0
+        input_tokens = (tokens.prompt or 0) + (
+            cached + written if provider in _CACHE_OUTSIDE_PROMPT else 0)
+        output_tokens = (tokens.completion or 0) + (
+            tokens.reasoning or 0 if provider in _REASONING_OUTSIDE_COMPLETION else 0)
+        flat = self._flat(input_tokens - cached - written, output_tokens, cached, written)
         if flat is not None:
             return flat
         # Tiered or unusual prices: the table's own calculation (about a millisecond a call).
         from genai_prices import Usage
 
-        usage = Usage(input_tokens=counts.input, output_tokens=counts.output,
-                      cache_read_tokens=counts.cached, cache_write_tokens=counts.written)
+        usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens,
+                      cache_read_tokens=cached, cache_write_tokens=written)
         return float(self.model.calc_price(usage, self.provider).total_price)
 
-    def _flat(self, counts: _Counts) -> float | None:
+    def _flat(self, *counts: int) -> float | None:
         """The table's flat per-million rates applied as the table applies them: input tokens
-        less the cached ones at the input rate, cache reads and writes at their own rates;
-        ``None`` when a token class this call used has no flat rate of its own."""
-        prices = self.prices
-        uncached = counts.input - counts.cached - counts.written
-        billed: tuple[tuple[Any, int], ...] = (
-            (getattr(prices, "input_mtok", None), uncached),
-            (getattr(prices, "output_mtok", None), counts.output),
-            (getattr(prices, "cache_read_mtok", None), counts.cached),
-            (getattr(prices, "cache_write_mtok", None), counts.written))
-        if any(n and not isinstance(rate, Decimal) for rate, n in billed):
-            return None
-        return float(sum((rate * n for rate, n in billed if n), Decimal(0)) / 1_000_000)
+        less the cached ones at the input rate, output, cache reads and writes at their own
+        rates; ``None`` when a token class this call used has no flat rate of its own."""
+        total = Decimal(0)
+        for rate, n in zip(self._rates, counts, strict=True):
+            if n:
+                if rate is None:
+                    return None
+                total += rate * n
+        return float(total / 1_000_000)
 
 
 class _Table:
@@ -160,36 +174,11 @@ class _Table:
         self._snapshot = genai_prices.data_snapshot.get_snapshot()
         self.lookup = functools.lru_cache(maxsize=256)(self._lookup)
 
-    def _lookup(self, provider_id: str | None, model: str, day: date) -> _Found | None:
+    def _lookup(self, provider_id: str | None, model: str, day: int) -> _Found | None:
+        """``day``: days since the epoch (UTC), so that prices that change on a date apply."""
         try:
             provider, info = self._snapshot.find_provider_model(model, None, provider_id, None)
         except LookupError:
             return None
-        moment = datetime(day.year, day.month, day.day, 12, tzinfo=timezone.utc)
-        return _Found(provider, info, info.get_prices(moment))
-
-
-@dataclass(frozen=True, slots=True)
-class _Counts:
-    """Token counts as the table counts them."""
-
-    input: int
-    output: int
-    cached: int
-    written: int
-
-
-def _counts(provider: str | None, tokens: Tokens) -> _Counts:
-    """The table's input tokens include cache reads and writes, its output tokens include
-    reasoning, whatever the provider's own report leaves out."""
-    cached, written = tokens.cached or 0, tokens.cache_write or 0
-    input_tokens = (tokens.prompt or 0) + (
-        cached + written if provider in _CACHE_OUTSIDE_PROMPT else 0)
-    output_tokens = (tokens.completion or 0) + (
-        tokens.reasoning or 0 if provider in _REASONING_OUTSIDE_COMPLETION else 0)
-    return _Counts(input_tokens, output_tokens, cached, written)
-
-
-def _count(usage: Any, field: str) -> int | None:
-    value = getattr(usage, field, None)
-    return int(value) if isinstance(value, (int, float)) else None
+        noon = datetime.fromtimestamp(day * 86400 + 43200, tz=timezone.utc)
+        return _Found(provider, info, info.get_prices(noon), self.version)

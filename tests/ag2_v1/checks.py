@@ -32,6 +32,10 @@ def check_v1_capture(events: list[Row], costs: list[Row], expected: dict[str, An
                 for e in events if e["type"] == "handoff"]
     if handoffs != [list(h) for h in expected["handoffs"]]:
         problems.append(f"handoffs {handoffs} != expected {expected['handoffs']}")
+    executions = sorted(((e["subtype"], (e["outputs"] or {}).get("exit_code"))
+                         for e in events if e["type"] == "code_exec"), key=repr)
+    if executions != sorted((tuple(x) for x in expected["executions"]), key=repr):
+        problems.append(f"code executions {executions} != expected {expected['executions']}")
     llm_calls = [e for e in events if e["type"] == "llm_call" and e["status"] == "completed"]
     statuses = [(e["meta"] or {}).get("pricing", {}).get("status") for e in llm_calls]
     if any((e["meta"] or {}).get("pricing", {}).get("table") != "genai-prices"

@@ -13,13 +13,26 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ag2 import Agent, Context, TaskConfig
-from ag2.events import ModelMessage, ModelResponse, ToolCallEvent, ToolCallsEvent, Usage
+from ag2.aggregate import AggregateTrigger, ConversationSummaryAggregate
+from ag2.compact import CompactTrigger, SummarizeCompact
+from ag2.events import (
+    ModelMessage,
+    ModelResponse,
+    ToolCallEvent,
+    ToolCallsEvent,
+    Usage,
+    UsageEvent,
+)
 from ag2.knowledge import MemoryKnowledgeStore
+from ag2.knowledge.config import KnowledgeConfig
+from ag2.live import LiveAgent
 from ag2.network import (
     EV_CHANNEL_CLOSED,
     WORKFLOW_TYPE,
@@ -33,6 +46,8 @@ from ag2.network import (
     TransitionGraph,
 )
 from ag2.testing import TestClient, TestConfig
+from ag2.tools import LocalEnvironment, SandboxCodeTool, SandboxShellTool
+from ag2.tools.subagents import background_agent_tool
 
 #: Planted in prompts and tool arguments; must never be recorded.
 SECRET = "sk-test-PLANTED-SECRET-0123456789"
@@ -83,6 +98,8 @@ class Expected:
     nesting: list[tuple[str, str, str]] = field(default_factory=list)
     #: ``(from, subtype, to)`` of each handoff, in order.
     handoffs: list[tuple[str, str, str | None]] = field(default_factory=list)
+    #: ``(subtype, exit code)`` of each ``code_exec``, sorted (a refused command has none).
+    executions: list[tuple[str, int | None]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "usage": asdict(self.usage)})
@@ -196,6 +213,26 @@ async def parallel_subtasks() -> Expected:
                              ("planner", "message", "agent_call")])
 
 
+async def background_agent() -> Expected:
+    """A coordinator starts a worker agent in the background (``background_agent_tool``): the
+    worker's turn outlives the tool call that started it, and its result reaches the
+    coordinator in the next ``ask``."""
+    ledger = Ledger()
+    worker = Agent("worker", config=config(ledger.response("Index rebuilt.")))
+    coordinator = Agent("coordinator", tools=[background_agent_tool(
+        worker, description="Runs a job in the background.")], config=config(
+        ledger.response(None, call("background_task_worker", objective="Rebuild the index")),
+        ledger.response("Started it."), ledger.response("It is done.")))
+    reply = await coordinator.ask("Rebuild the index.")
+    # The background task is the program's only other task: wait until it has delivered.
+    await asyncio.gather(*(asyncio.all_tasks() - {asyncio.current_task()}))
+    await reply.ask("Is it done?")
+    return Expected({"conversation": 2, "agent_call": 3, "llm_call": 4, "tool_call": 1,
+                     "message": 1}, ledger,
+                    nesting=[("worker", "agent_call", "tool_call"),
+                             ("worker", "llm_call", "agent_call")])
+
+
 async def human_approval() -> Expected:
     """A tool asks the human (``ctx.input``) through the agent's HITL hook."""
     ledger = Ledger()
@@ -274,25 +311,149 @@ async def network_workflow() -> Expected:
             predicate=lambda envelope: envelope.event_type == EV_CHANNEL_CLOSED)
     finally:
         await hub.close()
-    return Expected({"conversation": 1, "message": 3, "handoff": 2, "agent_call": 2,
+    return Expected({"conversation": 1, "message": 3, "handoff": 3, "agent_call": 2,
                      "llm_call": 4, "tool_call": 2}, ledger,
                     nesting=[(name, "agent_call", "conversation")
                              for name in ("triager", "reviewer")]
                     + [("lead", "message", "conversation"), ("triager", "handoff", "conversation"),
                        ("reviewer", "tool_call", "agent_call")],
-                    handoffs=[("triager", "handoff", "reviewer"),
+                    handoffs=[("lead", "transition", "triager"),
+                              ("triager", "handoff", "reviewer"),
                               ("reviewer", "termination", None)])
+
+
+async def network_graph() -> Expected:
+    """A workflow channel routed by its graph alone, no routing tool: a transition from the
+    lead to the triager, the default target to the reviewer, and a transition to a
+    ``TerminateTarget`` after the reviewer."""
+    ledger = Ledger()
+    hub = await Hub.open(MemoryKnowledgeStore(), ttl_sweep_interval=0)
+    try:
+        lead = await hub.register(Agent("lead", config=AcrossTurns()))
+        triager = await hub.register(Agent("triager", config=AcrossTurns(
+            ledger.response("Needs a review."))))
+        reviewer = await hub.register(Agent("reviewer", config=AcrossTurns(
+            ledger.response("Reviewed.", prompt=180))))
+        graph = TransitionGraph(
+            initial_speaker=lead.agent_id,
+            transitions=[Transition(when=FromSpeaker(lead.agent_id),
+                                    then=AgentTarget(triager.agent_id)),
+                         Transition(when=FromSpeaker(reviewer.agent_id),
+                                    then=TerminateTarget(reason="reviewed"))],
+            default_target=AgentTarget(reviewer.agent_id), max_turns=10)
+        channel = await lead.open(type=WORKFLOW_TYPE,
+                                  target=[triager.agent_id, reviewer.agent_id],
+                                  knobs={"graph": graph.to_dict()})
+        await channel.send("Triage the incident report.")
+        await lead.wait_for_channel_event(
+            channel_id=channel.channel_id, timeout=60.0,
+            predicate=lambda envelope: envelope.event_type == EV_CHANNEL_CLOSED)
+    finally:
+        await hub.close()
+    return Expected({"conversation": 1, "message": 3, "handoff": 3, "agent_call": 2,
+                     "llm_call": 2}, ledger,
+                    nesting=[("reviewer", "handoff", "conversation"),
+                             ("triager", "agent_call", "conversation")],
+                    handoffs=[("lead", "transition", "triager"),
+                              ("triager", "default", "reviewer"),
+                              ("reviewer", "termination", None)])
+
+
+async def sandbox_tools() -> Expected:
+    """The sandbox tools run what the model wrote in a local sandbox: code that succeeds and
+    code that exits 3, an allowed shell command and one the tool's filter refuses."""
+    ledger = Ledger()
+    with tempfile.TemporaryDirectory() as workdir:
+        sandbox = LocalEnvironment(workdir)
+        agent = Agent("sandboxer", tools=[
+            SandboxCodeTool(sandbox, languages=("bash",)),
+            SandboxShellTool(sandbox, allowed=["echo"])], config=config(
+            ledger.response(None, call("run_code", code="echo 42", language="bash"),
+                            call("run_code", code="echo failing >&2; exit 3", language="bash"),
+                            call("run_shell_command", command=f"echo {SECRET}"),
+                            call("run_shell_command", command="rm -rf /")),
+            ledger.response("Ran them.")))
+        await agent.ask("Run these.")
+    return Expected({"conversation": 1, "agent_call": 1, "llm_call": 2, "tool_call": 4,
+                     "code_exec": 4}, ledger, failed={"code_exec": 2},
+                    nesting=[("sandboxer", "code_exec", "tool_call")],
+                    executions=[("code", 0), ("code", 3), ("refused", None), ("shell", 0)])
+
+
+async def memory_upkeep() -> Expected:
+    """An agent whose knowledge config compacts its history and aggregates a summary after the
+    turn: two LLM calls of AG2's own, outside ``on_llm_call``, each with its usage."""
+    ledger = Ledger()
+    knowledge = KnowledgeConfig(
+        store=MemoryKnowledgeStore(), expose_tool=False, write_event_log=False,
+        compact=SummarizeCompact(target=1, config=TestConfig(
+            ledger.response("Summary of the start.", prompt=400, completion=40))),
+        compact_trigger=CompactTrigger(max_events=1),
+        aggregate=ConversationSummaryAggregate(config=TestConfig(
+            ledger.response("Notes for later.", prompt=250, completion=25, cached=100))),
+        aggregate_trigger=AggregateTrigger(on_end=True))
+    agent = Agent("archivist", config=config(ledger.response("Filed.")), knowledge=knowledge)
+    await agent.ask("File this report.")
+    return Expected({"conversation": 1, "agent_call": 1, "llm_call": 3}, ledger,
+                    nesting=[("archivist", "llm_call", "agent_call")])
+
+
+class ScriptedRealtime:
+    """A realtime provider's session, scripted: once open, it emits what OpenAI's does for two
+    responses (a tool call, then an answer): each response's ``UsageEvent`` and
+    ``ModelResponse``, from a task of its own as the provider's receive loop."""
+
+    def __init__(self, *responses: ModelResponse) -> None:
+        self.responses = responses
+        self.done = asyncio.Event()
+
+    @asynccontextmanager
+    async def session(self, context: Context, **_: Any) -> AsyncIterator[None]:
+        task = asyncio.create_task(self._receive(context))
+        try:
+            yield
+        finally:
+            await task
+
+    async def _receive(self, context: Context) -> None:
+        for response in self.responses:
+            for tool_call in response.tool_calls.calls if response.tool_calls else ():
+                await context.send(tool_call)
+            await context.send(UsageEvent(response.usage, kind="model_call",
+                                          model=response.model, provider=response.provider))
+            await context.send(response)
+        self.done.set()
+
+
+async def live_session() -> Expected:
+    """A ``LiveAgent`` session on a scripted realtime provider: a tool call, two responses."""
+    ledger = Ledger()
+    provider = ScriptedRealtime(
+        ledger.response(None, call("add", a=4, b=5), prompt=500, completion=60),
+        ledger.response("Nine.", prompt=620, completion=30, cached=300))
+    agent = LiveAgent("voice", config=provider, tools=[add])
+    async with agent.run():
+        await provider.done.wait()
+    return Expected({"conversation": 1, "agent_call": 1, "llm_call": 2, "tool_call": 1}, ledger,
+                    nesting=[("voice", "tool_call", "agent_call"),
+                             ("voice", "llm_call", "agent_call"),
+                             ("voice", "agent_call", "conversation")])
 
 
 SCENARIOS: dict[str, Callable[[], Awaitable[Expected]]] = {
     "parallel_tools": parallel_tools,
     "delegation": delegation,
     "parallel_subtasks": parallel_subtasks,
+    "background_agent": background_agent,
     "human_approval": human_approval,
     "follow_up_unknown_model": follow_up_unknown_model,
     "concurrent_agents": concurrent_agents,
     "model_failure": model_failure,
     "network_workflow": network_workflow,
+    "network_graph": network_graph,
+    "sandbox_tools": sandbox_tools,
+    "memory_upkeep": memory_upkeep,
+    "live_session": live_session,
 }
 
 

@@ -8,11 +8,12 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import genai_prices
 import pytest
 import scenarios
+from ag2.tools.sandbox.adapter import CodeAdapter
 from ag2_checks import rows_from_records
 from checks import check_v1_capture
 
@@ -83,6 +84,36 @@ class TestSafety:
         asyncio.run(scenarios.parallel_tools())
         assert [r for r in sink.records if r["k"] == "event"] == []
         assert ag2_v1.install(tracker)  # for the fixture's uninstall
+
+
+class UnreachableSandbox:
+    """A sandbox backend whose every execution fails (a remote one that went away)."""
+
+    workdir = PurePosixPath("/workspace")
+    host_workdir = None
+
+    async def __aenter__(self) -> UnreachableSandbox:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+    async def exec(self, argv: list[str], **kwargs: object) -> None:
+        raise ConnectionError("sandbox unreachable")
+
+
+def test_a_sandbox_failure_fails_its_code_exec_and_reaches_the_program_unchanged(capture):
+    tracker, sink = capture
+    adapter = CodeAdapter(UnreachableSandbox(), languages=("bash",))
+    with pytest.raises(ConnectionError, match="^sandbox unreachable$"):
+        asyncio.run(adapter.run("echo 1", "bash"))
+
+    events, _, problems = rows_from_records(sink.records)
+    assert problems == []
+    assert [(e["type"], e["subtype"], e["status"], e["error"], e["inputs"]) for e in events] == [
+        ("code_exec", "code", "failed", "ConnectionError: sandbox unreachable",
+         {"language": "bash", "code": "echo 1"})]
+    assert ag2_v1.disabled_hooks() == []
 
 
 class TestAutoload:
