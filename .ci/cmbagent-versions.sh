@@ -53,7 +53,7 @@ for entry in "${MATRIX[@]}"; do
     ci_venv "$venv" "$PYTHON312" "$WORK/$label.pip.log" --no-deps -e "$WORK/fork-src" \
       || { SUMMARY+=("$label: FAILED to install"); STATUS=1; continue; }
   fi
-  if ! ci_venv "$venv" "$PYTHON312" "$WORK/$label.pip.log" "$SRC" "${requirements[@]}" \
+  if ! ci_venv "$venv" "$PYTHON312" "$WORK/$label.pip.log" "$SRC[collector]" "${requirements[@]}" \
         "${TEST_TOOLS[@]}"; then
     SUMMARY+=("$label: FAILED to install"); STATUS=1; continue
   fi

@@ -12,9 +12,12 @@ What is recognised:
   followed by another failed), and the HITL control phase's redos (its step review answering
   ``redo``): a ``redo_<n>`` branch with the reviewer's feedback as hypothesis, the phase's
   ``max_redos`` respected and exceeding it recorded;
-- **released versions** (``cmbagent.cmbagent.CMBAgent`` without phases): the run with its task
-  only, so far (their phases and steps live in ``CMBAgent.solve``'s shared context and the
-  ``record_status`` tool, not yet read);
+- **released versions** (``cmbagent.cmbagent.CMBAgent`` and ``cmbagent.functions`` without
+  phases), from CMBAgent's own bookkeeping: each ``CMBAgent.solve`` is the planning phase
+  (started at ``plan_setter``) or a control step (its ``step`` argument; ``1`` in ``one_shot``
+  mode) in the control phase; the ``record_status`` / ``record_status_starter`` tools move the
+  step (``current_plan_step_number``, ``current_status``); each ``post_execution_transfer`` of a
+  failed execution sent back for a fix ends the step's attempt as failed and begins the next;
 - anything else: AG2's flat capture only, and one warning.
 
 The structure goes through one :class:`~agent_shim.cmbagent.CMBAgentTracking` per run, so a
@@ -46,13 +49,15 @@ ENTRY_POINTS = (
 
 #: The structure of the workflow running in this context (``None``: the process's run).
 _WORKFLOW: ContextVar[CMBAgentTracking | None] = ContextVar("cmbagent_workflow", default=None)
+#: The plan step the running ``CMBAgent.solve`` is for (released versions' carryover mode).
+_SOLVING_STEP: ContextVar[int | None] = ContextVar("cmbagent_solving_step", default=None)
 _installed: str | None = None  # "fork", "released" or "flat" once installed
 _by_run: dict[bytes, CMBAgentTracking] = {}
 
 
 def records_structure() -> bool:
     """Whether the zero-code capture records CMBAgent's phases and steps in this process."""
-    return _installed == "fork"
+    return _installed in ("fork", "released")
 
 
 def install(module: ModuleType, tracker: Any = None) -> str | None:
@@ -73,6 +78,8 @@ def install(module: ModuleType, tracker: Any = None) -> str | None:
             setattr(module, name, _entry_point(tracker, name, function))
     if kind == "fork":
         _hook_fork(tracker)
+    elif kind == "released":
+        _hook_released(tracker)
     elif kind == "flat":
         log.warning("cmbagent-tracking: this CMBAgent version (%s) is not recognised: its AG2 "
                     "activity is captured, its phases and steps are not",
@@ -90,7 +97,7 @@ def _recognise() -> str:
 
     if has("cmbagent.phases.execution_manager", "PhaseExecutionManager"):
         return "fork"
-    if has("cmbagent.cmbagent", "CMBAgent"):
+    if has("cmbagent.cmbagent", "CMBAgent") and has("cmbagent.functions", "register_function"):
         return "released"
     return "flat"
 
@@ -249,3 +256,113 @@ def _hook_hitl_redo(tracker: Any) -> None:
             _tracking(tracker).redo(_argument(review, "step_num", args, kwargs), feedback)
 
     _after(HITLControlPhase, "_request_step_review", reviewed)
+
+
+# --- released versions -------------------------------------------------------------------------
+
+#: The tools of CMBAgent's control agents that record the step's number and status.
+STATUS_TOOLS = frozenset({"record_status", "record_status_starter"})
+
+
+def _hook_released(tracker: Any) -> None:
+    from cmbagent import functions  # type: ignore[import-not-found]
+    from cmbagent.cmbagent import CMBAgent
+
+    solve = CMBAgent.solve
+
+    def solving(self: Any, *args: Any, **kwargs: Any) -> None:
+        arguments = inspect.signature(solve).bind_partial(None, *args, **kwargs).arguments
+        tracking = _tracking(tracker)
+        number = arguments.get("step")
+        if number is None and arguments.get("mode") in ("one_shot", "chat"):
+            number = 1  # CMBAgent runs one_shot as the one step of a one-step plan
+        _SOLVING_STEP.set(number if isinstance(number, int) else None)
+        if arguments.get("initial_agent") == "plan_setter":
+            tracking.on_phase_change("planning", None)
+        else:
+            tracking.on_phase_change("control", None)
+            if isinstance(number, int):
+                _start_step(tracking, number)
+
+    def solved(self: Any, result: Any, *args: Any, **kwargs: Any) -> None:
+        number = _SOLVING_STEP.get()
+        _SOLVING_STEP.set(None)
+        if number is not None:
+            _end_solved_step(_tracking(tracker), number, getattr(self, "final_context", None))
+
+    _before(CMBAgent, "solve", solving)
+    _after(CMBAgent, "solve", solved)
+    register = functions.register_function
+
+    @functools.wraps(register)
+    def registering(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return register(_observed_tool(tracker, function), *args, **kwargs)
+
+    functions.register_function = registering
+
+
+def _end_solved_step(tracking: CMBAgentTracking, number: int, context: Any) -> None:
+    """A ``solve`` for one step returned: the step failed if it used up CMBAgent's
+    ``max_n_attempts`` (CMBAgent then stops the plan), else it completed."""
+    attempts, allowed = _get(context, "n_attempts"), _get(context, "max_n_attempts")
+    if isinstance(attempts, int) and isinstance(allowed, int) and attempts >= allowed:
+        tracking.on_step_failed(SimpleNamespace(
+            step_number=number, status="failed",
+            error=f"{attempts} failed executions: CMBAgent's max_n_attempts ({allowed}) reached"))
+    else:
+        tracking.on_step_complete(SimpleNamespace(step_number=number, status="completed"))
+
+
+def _start_step(tracking: CMBAgentTracking, number: int) -> None:
+    """Step ``number`` is the current one (opened, with its first attempt, if new)."""
+    step = tracking.current_step
+    if step is None or step.number != number or step.closed:
+        tracking.on_step_start(SimpleNamespace(step_number=number, goal=None, description=None))
+        tracking.begin_attempt(current=False)
+    else:
+        tracking.resume()
+
+
+def _observed_tool(tracker: Any, function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` itself, or, for the tools that keep CMBAgent's step bookkeeping, a wrapper
+    (same name and signature, so AG2 offers the same tool) that records what they changed."""
+    name = getattr(function, "__name__", "")
+    if name not in STATUS_TOOLS and name != "post_execution_transfer":
+        return function
+
+    @functools.wraps(function)
+    def tool(*args: Any, **kwargs: Any) -> Any:
+        context = kwargs.get("context_variables")
+        attempts = _get(context, "n_attempts")
+        result = function(*args, **kwargs)
+        try:
+            if name in STATUS_TOOLS:
+                _status_recorded(_tracking(tracker), context)
+            elif kwargs.get("execution_status") == "failure" and _get(
+                    context, "n_attempts") != attempts:  # sent back for a fix
+                _tracking(tracker).begin_attempt(current=False)
+        except Exception:
+            log.warning("cmbagent-tracking: %s could not be recorded", name, exc_info=True)
+        return result
+
+    return tool
+
+
+def _get(context: Any, key: str) -> Any:
+    try:
+        return context.get(key)
+    except Exception:
+        return None
+
+
+def _status_recorded(tracking: CMBAgentTracking, context: Any) -> None:
+    number, status = _get(context, "current_plan_step_number"), _get(context, "current_status")
+    solving = _SOLVING_STEP.get()
+    if not isinstance(number, int) or not isinstance(status, str) or solving not in (None,
+                                                                                      number):
+        return  # the carryover mode's hand-over to the next step, which its own solve runs
+    # A step's own solve (carryover, one_shot) ends it when it returns; a "failed" status sends
+    # the step back to its agent (an attempt, counted by post_execution_transfer).
+    _start_step(tracking, number)
+    if "completed" in status and solving is None:  # a step of a solve for the whole plan
+        tracking.on_step_complete(SimpleNamespace(step_number=number, status=status))
