@@ -6,23 +6,28 @@ What is recognised:
 - **every version**: the workflow entry points of the ``cmbagent`` module (:data:`ENTRY_POINTS`)
   each record a run with its task (the outermost call only) and end it, and every node still
   open in it, when they return (``completed``) or raise (``failed``);
-- **the fork with phases** (``cmbagent.phases.execution_manager``): each phase and step from
-  ``PhaseExecutionManager`` (``start``/``complete``/``fail``, ``start_step``/``complete_step``/
-  ``fail_step``), each attempt at a step (a fresh ``CMBAgent()`` while the step runs; an attempt
-  followed by another failed), and the HITL control phase's redos (its step review answering
-  ``redo``): a ``redo_<n>`` branch with the reviewer's feedback as hypothesis, the phase's
-  ``max_redos`` respected and exceeding it recorded;
+- **the fork with phases** (``cmbagent.phases.execution_manager``): each ``WorkflowExecutor.run``
+  is a run too; each phase and step from ``PhaseExecutionManager`` (``start``/``complete``/
+  ``fail``, ``start_step``/``complete_step``/``fail_step``), each attempt at a step (a fresh
+  ``CMBAgent()`` while the step runs; an attempt followed by another failed), and the HITL
+  control phase's redos (its step review answering ``redo``): a ``redo_<n>`` branch with the
+  reviewer's feedback as hypothesis, the phase's ``max_redos`` respected and exceeding it
+  recorded;
 - **released versions** (``cmbagent.cmbagent.CMBAgent`` and ``cmbagent.functions`` without
   phases), from CMBAgent's own bookkeeping: each ``CMBAgent.solve`` is the planning phase
-  (started at ``plan_setter``) or a control step (its ``step`` argument; ``1`` in ``one_shot``
-  mode) in the control phase; the ``record_status`` / ``record_status_starter`` tools move the
-  step (``current_plan_step_number``, ``current_status``); each ``post_execution_transfer`` of a
-  failed execution sent back for a fix ends the step's attempt as failed and begins the next;
+  (started at ``plan_setter``) or control; a solve for one step (its ``step`` argument, ``1`` in
+  ``one_shot`` mode) is that step, ended when it returns (failed if it used up
+  ``max_n_attempts``); in a solve for the whole plan the ``record_status`` /
+  ``record_status_starter`` tools open and complete the steps (``current_plan_step_number``,
+  ``current_status``); each ``post_execution_transfer`` that sends a failed execution back for a
+  fix ends the step's attempt as failed and begins the next;
 - anything else: AG2's flat capture only, and one warning.
 
 The structure goes through one :class:`~agent_shim.cmbagent.CMBAgentTracking` per run, so a
 ``tracking_callbacks()`` also given to the fork records its reports only: nothing twice. Every
-hook calls CMBAgent's own method first and never raises into it.
+hook calls CMBAgent's own method (first, but for the ``solve`` and ``CMBAgent()`` hooks, which
+record just before) and never raises into it; a version whose hooks cannot be installed gets the
+flat capture.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ import functools
 import importlib
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -76,11 +82,14 @@ def install(module: ModuleType, tracker: Any = None) -> str | None:
         function = getattr(module, name, None)
         if callable(function):
             setattr(module, name, _entry_point(tracker, name, function))
-    if kind == "fork":
-        _hook_fork(tracker)
-    elif kind == "released":
-        _hook_released(tracker)
-    elif kind == "flat":
+    hooks = {"fork": _hook_fork, "released": _hook_released}.get(kind)
+    try:
+        if hooks is not None:
+            hooks(tracker)
+    except Exception:
+        log.debug("cmbagent-tracking: hooking CMBAgent failed", exc_info=True)
+        kind = "flat"
+    if kind == "flat":
         log.warning("cmbagent-tracking: this CMBAgent version (%s) is not recognised: its AG2 "
                     "activity is captured, its phases and steps are not",
                     getattr(module, "__version__", "unknown"))
@@ -115,31 +124,56 @@ def _tracking(tracker: Any) -> CMBAgentTracking:
 
 
 def _entry_point(tracker: Any, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` (a workflow function of the ``cmbagent`` module) as one run with its
+    ``task`` argument."""
     signature = inspect.signature(function)
+
+    def task_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        try:
+            return signature.bind_partial(*args, **kwargs).arguments.get("task")
+        except TypeError:
+            return None
 
     @functools.wraps(function)
     def workflow(*args: Any, **kwargs: Any) -> Any:
         if _WORKFLOW.get() is not None:  # called from inside another workflow: its run holds
             return function(*args, **kwargs)
-        try:
-            arguments = signature.bind_partial(*args, **kwargs).arguments
-            task = arguments.get("task")
-        except TypeError:
-            task = None
-        with tracker.run(None if task is None else str(task), workflow=name):
-            tracking = CMBAgentTracking(tracker, None)
-            token = _WORKFLOW.set(tracking)
-            try:
-                result = function(*args, **kwargs)
-            except BaseException as exc:
-                tracking.end_phase("failed", f"{type(exc).__name__}: {exc}")
-                raise
-            finally:
-                _WORKFLOW.reset(token)
-            tracking.end_phase("completed")
-            return result
+        with _workflow_run(tracker, name, task_of(args, kwargs)):
+            return function(*args, **kwargs)
 
     return workflow
+
+
+def _executor_entry_point(tracker: Any, run: Callable[..., Any]) -> Callable[..., Any]:
+    """The fork's ``WorkflowExecutor.run`` (a composed workflow, ``run_sync`` included) as one
+    run with the executor's task, named after its workflow definition."""
+
+    @functools.wraps(run)
+    async def workflow(self: Any) -> Any:
+        if _WORKFLOW.get() is not None:
+            return await run(self)
+        name = getattr(getattr(self, "workflow", None), "id", None) or "workflow"
+        with _workflow_run(tracker, str(name), getattr(self, "task", None)):
+            return await run(self)
+
+    return workflow
+
+
+@contextmanager
+def _workflow_run(tracker: Any, name: str, task: Any) -> Iterator[None]:
+    """One workflow's run with its task; the phase, step and attempt still open when the block
+    ends are closed with it (``completed``, or ``failed`` with the error it raised)."""
+    with tracker.run(None if task is None else str(task), workflow=name):
+        tracking = CMBAgentTracking(tracker, None)
+        token = _WORKFLOW.set(tracking)
+        try:
+            yield
+        except BaseException as exc:
+            tracking.end_phase("failed", f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            _WORKFLOW.reset(token)
+        tracking.end_phase("completed")
 
 
 def _after(owner: Any, name: str, record: Callable[..., None]) -> None:
@@ -240,6 +274,11 @@ def _hook_fork(tracker: Any) -> None:
     _after(manager, "fail_step", fail_step)
     _before(CMBAgent, "__init__", lambda self, *a, **k: _tracking(tracker).begin_attempt())
     _hook_hitl_redo(tracker)
+    try:
+        from cmbagent.workflows.composer import WorkflowExecutor  # type: ignore
+    except Exception:
+        return
+    WorkflowExecutor.run = _executor_entry_point(tracker, WorkflowExecutor.run)
 
 
 def _hook_hitl_redo(tracker: Any) -> None:

@@ -1,7 +1,6 @@
 """The zero-code CMBAgent capture on the newest released CMBAgent (PyPI ``cmbagent-update``),
 in a virtualenv of its own (``.ci/cmbagent-versions.sh``): in this process recording into a
-list, and in CMBAgent programs run as a user would, into a real collector and PostgreSQL (the
-main suite's fixtures)."""
+list, and in CMBAgent programs run as a user would, into a real collector and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -20,7 +19,7 @@ from agent_shim.tracker import Tracker
 # The repository's tests package, after site-packages: the installed agent_shim stays the one
 # tested.
 sys.path.append(str(Path(__file__).resolve().parents[2]))
-from tests.conftest import (  # noqa: E402,F401  (fixtures)
+from tests.conftest import (  # noqa: E402,F401  (the collector's fixtures)
     agent_env,
     collector,
     database,

@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import cmbagent
-from scripted_openai import scripted_openai
+
+sys.path.append(str(Path(__file__).resolve().parents[2]))  # after the installed agent_shim
+from tests.cmbagent_script import scripted_openai  # noqa: E402
 
 TASK = "Compute the three quantities of the toy cosmology task"
 WORKFLOWS = {

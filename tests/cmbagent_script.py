@@ -1,4 +1,5 @@
-"""A scripted model at the OpenAI client level for the released CMBAgent, offline.
+"""The real CMBAgent (released or the fork) run offline: a scripted model at the OpenAI client
+level and a scripted human for the fork's approvals.
 
 ``openai``'s ``Completions.create`` is replaced: each request is answered as the CMBAgent agent
 that sent it expects (the agent is known by its system message), and every answer is written
@@ -15,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from openai.resources.chat.completions import Completions
@@ -192,3 +194,19 @@ def scripted_openai() -> Iterator[Ledger]:
         yield LEDGER
     finally:
         Completions.create = original  # type: ignore[method-assign]
+
+
+class ScriptedHuman:
+    """The fork's approval manager: answers each request from a script of ``(resolution,
+    feedback)``, in order."""
+
+    def __init__(self, *answers: tuple[str, str | None]) -> None:
+        self.answers = list(answers)
+
+    def create_approval_request(self, **request: Any) -> SimpleNamespace:
+        return SimpleNamespace(id=uuid.uuid4(), **request)
+
+    async def wait_for_approval_async(self, request_id: Any, *args: Any,
+                                      **kwargs: Any) -> SimpleNamespace:
+        resolution, feedback = self.answers.pop(0)
+        return SimpleNamespace(resolution=resolution, user_feedback=feedback, modifications=None)
