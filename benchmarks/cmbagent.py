@@ -14,6 +14,11 @@ per variant, in a rotating order, into a running collector:
 
 CMBAgent's hooks cannot be removed once installed: they stay in every variant and record only
 in ``structured`` (elsewhere each is a call that returns at once, a few per step).
+
+Two figures per step: the wall time, and the CPU time of this process (all its threads, the
+sender's included; not the executor's subprocess). On a shared machine the wall time of a
+several-second step moves with the other processes' load far more than the capture's cost, so
+the goal is read on the CPU time.
 """
 
 from __future__ import annotations
@@ -47,18 +52,19 @@ class Switch:
         return getattr(self._live if self.on else self._off, name)
 
 
-def step(work_dir: str) -> float:
-    """One ``one_shot`` step, timed; CMBAgent's console output goes to /dev/null."""
+def step(work_dir: str) -> tuple[float, float]:
+    """One ``one_shot`` step: its wall and CPU seconds; CMBAgent's console output goes to
+    /dev/null."""
     import cmbagent
 
     from tests.cmbagent_script import scripted_openai
 
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), \
             scripted_openai():
-        started = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         cmbagent.one_shot("Compute the toy quantity", work_dir=work_dir,
                           api_keys={"OPENAI": "offline"})
-        return time.perf_counter() - started
+        return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def run(bench: Bench) -> list[Result]:
@@ -85,25 +91,31 @@ def run(bench: Bench) -> list[Result]:
             else:
                 capture.install(tracker)
 
-        seconds: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        wall: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
         for round_number in range(-1, rounds):  # round -1 warms up: imports, caches
             for variant in rotated(list(VARIANTS), max(round_number, 0)):
                 use(variant)
                 took = step(tempfile.mkdtemp(prefix="step-", dir=bench.scratch))
                 if round_number >= 0:
-                    seconds[variant].append(took)
+                    wall[variant].append(took[0])
+                    cpu[variant].append(took[1])
         capture.uninstall()
         delivered = tracker.flush(30)
         tracker.shutdown(5)
-    off = seconds["off"]
-    results = [Result("9 cmbagent", "one_shot step (CMBAgent() + solve): capture off",
-                      Summary.of(off).format(" s"))]
-    for variant, baseline in (("flat", "off"), ("structured", "off"), ("structured", "flat")):
-        ratio = ratios(seconds[variant], seconds[baseline])
-        results.append(Result(
-            "9 cmbagent", f"{variant} / {baseline}", Summary.of(seconds[variant]).format(" s"),
-            f"{baseline} {Summary.of(seconds[baseline]).format(' s')}", ratio,
-            f"≤ {GOAL}" if baseline == "flat" else "-",
-            ratio.median <= GOAL if baseline == "flat" else None,
-            note="" if delivered else "not everything was delivered"))
+    note = "" if delivered else "not everything was delivered"
+    results = []
+    for kind, seconds in (("CPU", cpu), ("wall", wall)):
+        results.append(Result("9 cmbagent", f"one_shot step, {kind}: capture off",
+                              Summary.of(seconds["off"]).format(" s")))
+        for variant, baseline in (("flat", "off"), ("structured", "off"),
+                                  ("structured", "flat")):
+            ratio = ratios(seconds[variant], seconds[baseline])
+            goal = kind == "CPU" and baseline == "flat"
+            results.append(Result(
+                "9 cmbagent", f"{kind}: {variant} / {baseline}",
+                Summary.of(seconds[variant]).format(" s"),
+                f"{baseline} {Summary.of(seconds[baseline]).format(' s')}", ratio,
+                f"≤ {GOAL}" if goal else "-", ratio.median <= GOAL if goal else None,
+                note=note if goal else ""))
     return results
