@@ -1,5 +1,5 @@
 """The zero-code CMBAgent capture on the fork itself (``UJ2202/MARS``, vendored in
-``shared/vendor/cmbagent-fork``), in a virtualenv of its own (``.ci/cmbagent-fork.sh``): the
+``shared/vendor/cmbagent-fork``), in a virtualenv of its own (``.ci/cmbagent-versions.sh``): the
 real ``cmbagent`` package with the capture installed, recording into a list; and its HITL
 workflow run as a user would, into a real collector and PostgreSQL."""
 
