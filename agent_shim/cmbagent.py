@@ -143,6 +143,7 @@ class CMBAgentTracking:
         self.max_redos = max_redos
         self.records_structure = records_structure
         self._attempt: Span | None = None
+        self._attempt_is_scope = False  # whether the open attempt is the workflow's scope
         self._graph: Graph | None = None
         self._run: RunScope | None = None  # opened by on_workflow_start, ended by us
         self._outer: Scope | None = None  # the scope current before the workflow began
@@ -272,15 +273,30 @@ class CMBAgentTracking:
             self._phase = None
         self._activate()
 
+    @property
+    def current_step(self) -> Node | None:
+        """The step node the workflow is in (or last was), if any."""
+        return self._step
+
     @_never_raises
-    def begin_attempt(self, **meta: Any) -> None:
+    def begin_attempt(self, current: bool = True, **meta: Any) -> None:
         """A new attempt at the current step begins (a fresh ``CMBAgent()``); the one before it,
-        if any, failed. The attempt ends with the step."""
+        if any, failed. The attempt ends with the step. With ``current=False`` the attempt is
+        recorded in the step without becoming the current scope (it begins inside AG2's own
+        spans, which restore the scope when they end)."""
         if self._step is None or self._step.closed:
             return
         self._end_attempt("failed")
         self._attempt = self._step.start_attempt(**meta)
-        CURRENT.set(self._attempt.inner)
+        self._attempt_is_scope = current
+        if current:
+            CURRENT.set(self._attempt.inner)
+
+    @_never_raises
+    def resume(self) -> None:
+        """Make where the workflow is now (its open attempt, step or phase) the current scope
+        again, after code that does not restore it."""
+        self._activate()
 
     @_never_raises
     def redo(self, step_number: int, hypothesis: str | None) -> None:
@@ -369,7 +385,7 @@ class CMBAgentTracking:
         if not self.records_structure:
             current: Scope = self.tracker.scope()
             return current
-        if self._attempt is not None:
+        if self._attempt is not None and self._attempt_is_scope:
             return self._attempt.inner
         for node in (self._step, self._phase):
             if node is not None and not node.closed:

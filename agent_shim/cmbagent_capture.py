@@ -6,20 +6,28 @@ What is recognised:
 - **every version**: the workflow entry points of the ``cmbagent`` module (:data:`ENTRY_POINTS`)
   each record a run with its task (the outermost call only) and end it, and every node still
   open in it, when they return (``completed``) or raise (``failed``);
-- **the fork with phases** (``cmbagent.phases.execution_manager``): each phase and step from
-  ``PhaseExecutionManager`` (``start``/``complete``/``fail``, ``start_step``/``complete_step``/
-  ``fail_step``), each attempt at a step (a fresh ``CMBAgent()`` while the step runs; an attempt
-  followed by another failed), and the HITL control phase's redos (its step review answering
-  ``redo``): a ``redo_<n>`` branch with the reviewer's feedback as hypothesis, the phase's
-  ``max_redos`` respected and exceeding it recorded;
-- **released versions** (``cmbagent.cmbagent.CMBAgent`` without phases): the run with its task
-  only, so far (their phases and steps live in ``CMBAgent.solve``'s shared context and the
-  ``record_status`` tool, not yet read);
+- **the fork with phases** (``cmbagent.phases.execution_manager``): each ``WorkflowExecutor.run``
+  is a run too; each phase and step from ``PhaseExecutionManager`` (``start``/``complete``/
+  ``fail``, ``start_step``/``complete_step``/``fail_step``), each attempt at a step (a fresh
+  ``CMBAgent()`` while the step runs; an attempt followed by another failed), and the HITL
+  control phase's redos (its step review answering ``redo``): a ``redo_<n>`` branch with the
+  reviewer's feedback as hypothesis, the phase's ``max_redos`` respected and exceeding it
+  recorded;
+- **released versions** (``cmbagent.cmbagent.CMBAgent`` and ``cmbagent.functions`` without
+  phases), from CMBAgent's own bookkeeping: each ``CMBAgent.solve`` is the planning phase
+  (started at ``plan_setter``) or control; a solve for one step (its ``step`` argument, ``1`` in
+  ``one_shot`` mode) is that step, ended when it returns (failed if it used up
+  ``max_n_attempts``); in a solve for the whole plan the ``record_status`` /
+  ``record_status_starter`` tools open and complete the steps (``current_plan_step_number``,
+  ``current_status``); each ``post_execution_transfer`` that sends a failed execution back for a
+  fix ends the step's attempt as failed and begins the next;
 - anything else: AG2's flat capture only, and one warning.
 
 The structure goes through one :class:`~agent_shim.cmbagent.CMBAgentTracking` per run, so a
 ``tracking_callbacks()`` also given to the fork records its reports only: nothing twice. Every
-hook calls CMBAgent's own method first and never raises into it.
+hook calls CMBAgent's own method (first, but for the ``solve`` and ``CMBAgent()`` hooks, which
+record just before) and never raises into it; a version whose hooks cannot be installed gets the
+flat capture.
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ import functools
 import importlib
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -46,13 +55,15 @@ ENTRY_POINTS = (
 
 #: The structure of the workflow running in this context (``None``: the process's run).
 _WORKFLOW: ContextVar[CMBAgentTracking | None] = ContextVar("cmbagent_workflow", default=None)
+#: The plan step the running ``CMBAgent.solve`` is for (released versions' carryover mode).
+_SOLVING_STEP: ContextVar[int | None] = ContextVar("cmbagent_solving_step", default=None)
 _installed: str | None = None  # "fork", "released" or "flat" once installed
 _by_run: dict[bytes, CMBAgentTracking] = {}
 
 
 def records_structure() -> bool:
     """Whether the zero-code capture records CMBAgent's phases and steps in this process."""
-    return _installed == "fork"
+    return _installed in ("fork", "released")
 
 
 def install(module: ModuleType, tracker: Any = None) -> str | None:
@@ -71,9 +82,14 @@ def install(module: ModuleType, tracker: Any = None) -> str | None:
         function = getattr(module, name, None)
         if callable(function):
             setattr(module, name, _entry_point(tracker, name, function))
-    if kind == "fork":
-        _hook_fork(tracker)
-    elif kind == "flat":
+    hooks = {"fork": _hook_fork, "released": _hook_released}.get(kind)
+    try:
+        if hooks is not None:
+            hooks(tracker)
+    except Exception:
+        log.debug("cmbagent-tracking: hooking CMBAgent failed", exc_info=True)
+        kind = "flat"
+    if kind == "flat":
         log.warning("cmbagent-tracking: this CMBAgent version (%s) is not recognised: its AG2 "
                     "activity is captured, its phases and steps are not",
                     getattr(module, "__version__", "unknown"))
@@ -90,7 +106,7 @@ def _recognise() -> str:
 
     if has("cmbagent.phases.execution_manager", "PhaseExecutionManager"):
         return "fork"
-    if has("cmbagent.cmbagent", "CMBAgent"):
+    if has("cmbagent.cmbagent", "CMBAgent") and has("cmbagent.functions", "register_function"):
         return "released"
     return "flat"
 
@@ -108,31 +124,56 @@ def _tracking(tracker: Any) -> CMBAgentTracking:
 
 
 def _entry_point(tracker: Any, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` (a workflow function of the ``cmbagent`` module) as one run with its
+    ``task`` argument."""
     signature = inspect.signature(function)
+
+    def task_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        try:
+            return signature.bind_partial(*args, **kwargs).arguments.get("task")
+        except TypeError:
+            return None
 
     @functools.wraps(function)
     def workflow(*args: Any, **kwargs: Any) -> Any:
         if _WORKFLOW.get() is not None:  # called from inside another workflow: its run holds
             return function(*args, **kwargs)
-        try:
-            arguments = signature.bind_partial(*args, **kwargs).arguments
-            task = arguments.get("task")
-        except TypeError:
-            task = None
-        with tracker.run(None if task is None else str(task), workflow=name):
-            tracking = CMBAgentTracking(tracker, None)
-            token = _WORKFLOW.set(tracking)
-            try:
-                result = function(*args, **kwargs)
-            except BaseException as exc:
-                tracking.end_phase("failed", f"{type(exc).__name__}: {exc}")
-                raise
-            finally:
-                _WORKFLOW.reset(token)
-            tracking.end_phase("completed")
-            return result
+        with _workflow_run(tracker, name, task_of(args, kwargs)):
+            return function(*args, **kwargs)
 
     return workflow
+
+
+def _executor_entry_point(tracker: Any, run: Callable[..., Any]) -> Callable[..., Any]:
+    """The fork's ``WorkflowExecutor.run`` (a composed workflow, ``run_sync`` included) as one
+    run with the executor's task, named after its workflow definition."""
+
+    @functools.wraps(run)
+    async def workflow(self: Any) -> Any:
+        if _WORKFLOW.get() is not None:
+            return await run(self)
+        name = getattr(getattr(self, "workflow", None), "id", None) or "workflow"
+        with _workflow_run(tracker, str(name), getattr(self, "task", None)):
+            return await run(self)
+
+    return workflow
+
+
+@contextmanager
+def _workflow_run(tracker: Any, name: str, task: Any) -> Iterator[None]:
+    """One workflow's run with its task; the phase, step and attempt still open when the block
+    ends are closed with it (``completed``, or ``failed`` with the error it raised)."""
+    with tracker.run(None if task is None else str(task), workflow=name):
+        tracking = CMBAgentTracking(tracker, None)
+        token = _WORKFLOW.set(tracking)
+        try:
+            yield
+        except BaseException as exc:
+            tracking.end_phase("failed", f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            _WORKFLOW.reset(token)
+        tracking.end_phase("completed")
 
 
 def _after(owner: Any, name: str, record: Callable[..., None]) -> None:
@@ -233,6 +274,11 @@ def _hook_fork(tracker: Any) -> None:
     _after(manager, "fail_step", fail_step)
     _before(CMBAgent, "__init__", lambda self, *a, **k: _tracking(tracker).begin_attempt())
     _hook_hitl_redo(tracker)
+    try:
+        from cmbagent.workflows.composer import WorkflowExecutor  # type: ignore
+    except Exception:
+        return
+    WorkflowExecutor.run = _executor_entry_point(tracker, WorkflowExecutor.run)
 
 
 def _hook_hitl_redo(tracker: Any) -> None:
@@ -249,3 +295,113 @@ def _hook_hitl_redo(tracker: Any) -> None:
             _tracking(tracker).redo(_argument(review, "step_num", args, kwargs), feedback)
 
     _after(HITLControlPhase, "_request_step_review", reviewed)
+
+
+# --- released versions -------------------------------------------------------------------------
+
+#: The tools of CMBAgent's control agents that record the step's number and status.
+STATUS_TOOLS = frozenset({"record_status", "record_status_starter"})
+
+
+def _hook_released(tracker: Any) -> None:
+    from cmbagent import functions  # type: ignore[import-not-found]
+    from cmbagent.cmbagent import CMBAgent
+
+    solve = CMBAgent.solve
+
+    def solving(self: Any, *args: Any, **kwargs: Any) -> None:
+        arguments = inspect.signature(solve).bind_partial(None, *args, **kwargs).arguments
+        tracking = _tracking(tracker)
+        number = arguments.get("step")
+        if number is None and arguments.get("mode") in ("one_shot", "chat"):
+            number = 1  # CMBAgent runs one_shot as the one step of a one-step plan
+        _SOLVING_STEP.set(number if isinstance(number, int) else None)
+        if arguments.get("initial_agent") == "plan_setter":
+            tracking.on_phase_change("planning", None)
+        else:
+            tracking.on_phase_change("control", None)
+            if isinstance(number, int):
+                _start_step(tracking, number)
+
+    def solved(self: Any, result: Any, *args: Any, **kwargs: Any) -> None:
+        number = _SOLVING_STEP.get()
+        _SOLVING_STEP.set(None)
+        if number is not None:
+            _end_solved_step(_tracking(tracker), number, getattr(self, "final_context", None))
+
+    _before(CMBAgent, "solve", solving)
+    _after(CMBAgent, "solve", solved)
+    register = functions.register_function
+
+    @functools.wraps(register)
+    def registering(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return register(_observed_tool(tracker, function), *args, **kwargs)
+
+    functions.register_function = registering
+
+
+def _end_solved_step(tracking: CMBAgentTracking, number: int, context: Any) -> None:
+    """A ``solve`` for one step returned: the step failed if it used up CMBAgent's
+    ``max_n_attempts`` (CMBAgent then stops the plan), else it completed."""
+    attempts, allowed = _get(context, "n_attempts"), _get(context, "max_n_attempts")
+    if isinstance(attempts, int) and isinstance(allowed, int) and attempts >= allowed:
+        tracking.on_step_failed(SimpleNamespace(
+            step_number=number, status="failed",
+            error=f"{attempts} failed executions: CMBAgent's max_n_attempts ({allowed}) reached"))
+    else:
+        tracking.on_step_complete(SimpleNamespace(step_number=number, status="completed"))
+
+
+def _start_step(tracking: CMBAgentTracking, number: int) -> None:
+    """Step ``number`` is the current one (opened, with its first attempt, if new)."""
+    step = tracking.current_step
+    if step is None or step.number != number or step.closed:
+        tracking.on_step_start(SimpleNamespace(step_number=number, goal=None, description=None))
+        tracking.begin_attempt(current=False)
+    else:
+        tracking.resume()
+
+
+def _observed_tool(tracker: Any, function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` itself, or, for the tools that keep CMBAgent's step bookkeeping, a wrapper
+    (same name and signature, so AG2 offers the same tool) that records what they changed."""
+    name = getattr(function, "__name__", "")
+    if name not in STATUS_TOOLS and name != "post_execution_transfer":
+        return function
+
+    @functools.wraps(function)
+    def tool(*args: Any, **kwargs: Any) -> Any:
+        context = kwargs.get("context_variables")
+        attempts = _get(context, "n_attempts")
+        result = function(*args, **kwargs)
+        try:
+            if name in STATUS_TOOLS:
+                _status_recorded(_tracking(tracker), context)
+            elif kwargs.get("execution_status") == "failure" and _get(
+                    context, "n_attempts") != attempts:  # sent back for a fix
+                _tracking(tracker).begin_attempt(current=False)
+        except Exception:
+            log.warning("cmbagent-tracking: %s could not be recorded", name, exc_info=True)
+        return result
+
+    return tool
+
+
+def _get(context: Any, key: str) -> Any:
+    try:
+        return context.get(key)
+    except Exception:
+        return None
+
+
+def _status_recorded(tracking: CMBAgentTracking, context: Any) -> None:
+    number, status = _get(context, "current_plan_step_number"), _get(context, "current_status")
+    solving = _SOLVING_STEP.get()
+    if not isinstance(number, int) or not isinstance(status, str) or solving not in (None,
+                                                                                      number):
+        return  # the carryover mode's hand-over to the next step, which its own solve runs
+    # A step's own solve (carryover, one_shot) ends it when it returns; a "failed" status sends
+    # the step back to its agent (an attempt, counted by post_execution_transfer).
+    _start_step(tracking, number)
+    if "completed" in status and solving is None:  # a step of a solve for the whole plan
+        tracking.on_step_complete(SimpleNamespace(step_number=number, status=status))

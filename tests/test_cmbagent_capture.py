@@ -1,6 +1,7 @@
 """The zero-code CMBAgent capture's startup path, without CMBAgent (the real ones are tested in
 their own venvs: tests/cmbagent_fork, tests/cmbagent_released): an unknown ``cmbagent`` gets the
-flat capture, one warning, and its workflow functions still record runs; nothing raises."""
+flat capture, one warning, and its workflow functions still record runs; nothing raises. So does
+one that looks like a release but whose hooks cannot be installed."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 from .support import free_port
 
@@ -20,11 +23,19 @@ def one_shot(task, agent="engineer"):
     return task.upper()
 '''
 
+#: Modules of a release (``CMBAgent`` and ``functions.register_function``) but no ``solve``.
+CHANGED_RELEASE = {"cmbagent.py": "class CMBAgent:\n    pass\n",
+                   "functions.py": "def register_function(f, **kwargs):\n    pass\n"}
 
-def test_an_unknown_cmbagent_gets_flat_capture_and_one_warning(tmp_path: Path) -> None:
+
+@pytest.mark.parametrize("modules", [{}, CHANGED_RELEASE], ids=["unknown", "changed-release"])
+def test_an_unknown_cmbagent_gets_flat_capture_and_one_warning(tmp_path: Path,
+                                                               modules: dict[str, str]) -> None:
     package = tmp_path / "site" / "cmbagent"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text(UNKNOWN_CMBAGENT)
+    for name, source in modules.items():
+        (package / name).write_text(source)
     program = textwrap.dedent("""
         import logging, sys
         logging.basicConfig(level=logging.WARNING)

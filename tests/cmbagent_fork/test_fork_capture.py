@@ -9,9 +9,7 @@ import asyncio
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import cmbagent
@@ -24,27 +22,13 @@ from cmbagent.phases.hitl_control import HITLControlPhase, HITLControlPhaseConfi
 from cmbagent.phases.planning import PlanningPhase
 
 from agent_shim.cmbagent import tracking_callbacks
+from tests.cmbagent_script import ScriptedHuman
 
 #: The fork's own agents warn so each time a CMBAgent() builds them.
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Update function string contains no variables:UserWarning")
 
 FEEDBACK = "The fit ignores the covariance; use the full matrix."
-
-
-class ScriptedHuman:
-    """The approval manager the HITL control phase asks: answers from a script, in order."""
-
-    def __init__(self, *answers: tuple[str, str | None]) -> None:
-        self.answers = list(answers)
-
-    def create_approval_request(self, **request: Any) -> SimpleNamespace:
-        return SimpleNamespace(id=uuid.uuid4(), **request)
-
-    async def wait_for_approval_async(self, request_id: str,
-                                      timeout_seconds: float) -> SimpleNamespace:
-        resolution, feedback = self.answers.pop(0)
-        return SimpleNamespace(resolution=resolution, user_feedback=feedback)
 
 
 def _context(tmp_path: Path, callbacks: Any) -> PhaseContext:

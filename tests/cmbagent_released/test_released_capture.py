@@ -16,9 +16,9 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:Update function string contains no variables:UserWarning")
 
 
-def test_it_is_recognised_as_released_and_records_runs_not_phases() -> None:
+def test_it_is_recognised_as_released_and_its_structure_recorded() -> None:
     assert cmbagent_capture.install(cmbagent) == "released"  # done by conftest: said again
-    assert not cmbagent_capture.records_structure()  # the adapter records them, if given
+    assert cmbagent_capture.records_structure()
 
 
 def test_one_shot_is_the_run_with_its_task_closed_when_it_raises(capture, tmp_path: Path) -> None:
