@@ -21,22 +21,23 @@ def check_v1_capture(events: list[Row], costs: list[Row], expected: dict[str, An
                              terminations=terminations)
     by_id = {e["id"]: e for e in events}
     for agent, child, parent in expected["nesting"]:
-        children = [e for e in events if fnmatch(e["agent"] or "", agent) and e["type"] == child]
+        children = [e for e in events
+                    if fnmatch(e["agent_name"] or "", agent) and e["event_type"] == child]
         if not children:
             problems.append(f"no {child} of {agent} to check the parent of")
         for e in children:
-            found = by_id.get(e["parent"], {}).get("type")
+            found = by_id.get(e["parent_event_id"], {}).get("event_type")
             if found != parent:
                 problems.append(f"{child} of {agent} hangs under {found}, not {parent}")
-    handoffs = [[e["agent"], e["subtype"], (e["outputs"] or {}).get("to")]
-                for e in events if e["type"] == "handoff"]
+    handoffs = [[e["agent_name"], e["event_subtype"], (e["outputs"] or {}).get("to")]
+                for e in events if e["event_type"] == "handoff"]
     if handoffs != [list(h) for h in expected["handoffs"]]:
         problems.append(f"handoffs {handoffs} != expected {expected['handoffs']}")
-    executions = sorted(((e["subtype"], (e["outputs"] or {}).get("exit_code"))
-                         for e in events if e["type"] == "code_exec"), key=repr)
+    executions = sorted(((e["event_subtype"], (e["outputs"] or {}).get("exit_code"))
+                         for e in events if e["event_type"] == "code_exec"), key=repr)
     if executions != sorted((tuple(x) for x in expected["executions"]), key=repr):
         problems.append(f"code executions {executions} != expected {expected['executions']}")
-    llm_calls = [e for e in events if e["type"] == "llm_call" and e["status"] == "completed"]
+    llm_calls = [e for e in events if e["event_type"] == "llm_call" and e["status"] == "completed"]
     statuses = [(e["meta"] or {}).get("pricing", {}).get("status") for e in llm_calls]
     if any((e["meta"] or {}).get("pricing", {}).get("table") != "genai-prices"
            or not (e["meta"] or {}).get("pricing", {}).get("version") for e in llm_calls):

@@ -110,7 +110,8 @@ def test_a_sandbox_failure_fails_its_code_exec_and_reaches_the_program_unchanged
 
     events, _, problems = rows_from_records(sink.records)
     assert problems == []
-    assert [(e["type"], e["subtype"], e["status"], e["error"], e["inputs"]) for e in events] == [
+    assert [(e["event_type"], e["event_subtype"], e["status"], e["error_message"], e["inputs"])
+            for e in events] == [
         ("code_exec", "code", "failed", "ConnectionError: sandbox unreachable",
          {"language": "bash", "code": "echo 1"})]
     assert ag2_v1.disabled_hooks() == []

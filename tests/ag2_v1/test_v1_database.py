@@ -66,15 +66,15 @@ def test_classic_and_v1_in_one_process_are_each_captured_once(
     by_id = {e["id"]: e for e in events}
 
     def root(event: dict) -> dict:
-        while event["parent"] is not None:
-            event = by_id[event["parent"]]
+        while event["parent_event_id"] is not None:
+            event = by_id[event["parent_event_id"]]
         return event
 
     is_v1 = {e["id"]: (root(e)["meta"] or {}).get("framework") == "ag2" for e in events}
     v1_events = [e for e in events if is_v1[e["id"]]]
     classic_events = [e for e in events if not is_v1[e["id"]]]
-    v1_costs = [c for c in costs if is_v1[c["event"]]]
-    classic_costs = [c for c in costs if not is_v1[c["event"]]]
+    v1_costs = [c for c in costs if is_v1[c["event_id"]]]
+    classic_costs = [c for c in costs if not is_v1[c["event_id"]]]
 
     assert check_v1_capture(v1_events, v1_costs, v1, scenarios.SECRET) == []
     assert check_capture(classic_events, classic_costs, counts=classic["counts"],

@@ -22,6 +22,7 @@ from cmbagent.phases.hitl_control import HITLControlPhase, HITLControlPhaseConfi
 from cmbagent.phases.planning import PlanningPhase
 
 from agent_shim.cmbagent import tracking_callbacks
+from agent_shim.records import moment
 from tests.cmbagent_script import ScriptedHuman
 
 #: The fork's own agents warn so each time a CMBAgent() builds them.
@@ -72,9 +73,10 @@ def _fresh_cmbagent(tmp_path: Path) -> None:
 
 
 def _tree(sink: Any) -> tuple[dict[bytes, dict[str, Any]], dict[bytes, str]]:
-    named = [n for n in [*sink.of("node", p="start"), *sink.of("node", p="point")] if n["name"]]
+    named = [n for n in [*sink.of("node", moment="start"), *sink.of("node", moment="point")]
+             if n["name"]]
     starts = {n["id"]: n for n in sorted(named, key=lambda n: (n["depth"], n["order_index"]))}
-    ends = {n["id"]: n["status"] for n in sink.of("node", p="end")}
+    ends = {n["id"]: n["status"] for n in sink.of("node", moment="end")}
     return starts, ends
 
 
@@ -90,19 +92,21 @@ def test_phases_steps_attempts_and_a_redo_with_zero_code(capture, tmp_path: Path
                    ("step_2_retry_1", "step", "completed"), ("step_3", "step", "completed")]
     branch = next(n for n in starts.values() if n["node_type"] == "branch_point")
     assert branch["meta"]["hypothesis"] == FEEDBACK
-    edges = {(e["from"], e["to"]): (e["dependency_type"], e["condition"]) for e in sink.of("edge")}
+    edges = {(e["from_node_id"], e["to_node_id"]): (e["dependency_type"], e["condition"])
+             for e in sink.of("edge")}
     step2 = next(i for i, n in starts.items() if n["name"] == "step_2")
     assert edges[(step2, branch["id"])] == ("conditional", "redo_1")
-    refused = sink.of("event", subtype="max_redos_reached")
+    refused = sink.of("event", event_subtype="max_redos_reached")
     assert [(e["meta"]["redo"], e["inputs"]["hypothesis"]) for e in refused] == [(2, "again")]
 
-    ended = {e["id"]: e["status"] for e in sink.of("event", p="end")}
-    by_step = [(starts[e["node"]]["name"], e["meta"]["attempt"], ended[e["id"]])
-               for e in sink.of("event", p="start", type="workflow", subtype="attempt")]
+    ended = {e["id"]: e["status"] for e in sink.of("event", moment="end")}
+    by_step = [(starts[e["node_id"]]["name"], e["meta"]["attempt"], ended[e["id"]])
+               for e in sink.of("event", moment="start", event_type="workflow",
+                                event_subtype="attempt")]
     assert by_step == [("step_2", 1, "failed"), ("step_2", 2, "completed"),
                        ("step_2_retry_1", 1, "completed")]
-    agents = {(starts[n["parent_node"]]["name"], n["name"])
-              for n in sink.of("node", p="start", node_type="sub_agent")}
+    agents = {(starts[n["parent_node_id"]]["name"], n["name"])
+              for n in sink.of("node", moment="start", node_type="sub_agent")}
     assert agents == {("planning", "planner"), ("step_1", "engineer"), ("step_2", "engineer"),
                       ("step_2_retry_1", "engineer"), ("step_3", "engineer")}
     assert set(ends) >= {i for i, n in starts.items() if n["node_type"] != "branch_point"}
@@ -119,8 +123,8 @@ def test_with_tracking_callbacks_too_nothing_is_recorded_twice(capture, tmp_path
     assert names == ["planning", "hitl_control", "step_1", "step_2", "step_2_redo_1",
                      "step_2_retry_1", "step_3"]
     assert "assistant" not in {n["name"] for n in starts.values()}
-    reports = sink.of("event", type="callback", subtype="agent_message")
-    assert [starts[e["node"]]["name"] for e in reports] == ["step_1", "step_2", "step_3"]
+    reports = sink.of("event", event_type="callback", event_subtype="agent_message")
+    assert [starts[e["node_id"]]["name"] for e in reports] == ["step_1", "step_2", "step_3"]
 
 
 def test_an_entry_point_is_the_run_with_its_task_closed_when_it_raises(capture,
@@ -131,9 +135,10 @@ def test_an_entry_point_is_the_run_with_its_task_closed_when_it_raises(capture,
     with pytest.raises(FileExistsError):  # the fork's one_shot makes its work_dir first
         cmbagent.one_shot("Plot a sine", work_dir=str(not_a_directory))
     runs = sink.of("run")
-    assert [(r["p"], r["status"]) for r in runs] == [("start", "running"), ("end", "failed")]
-    assert runs[0]["task"] == "Plot a sine" and runs[0]["meta"] == {"workflow": "one_shot"}
-    assert "FileExistsError" in runs[1]["error"]
+    assert [(moment(r), r["status"]) for r in runs] == [("start", "running"), ("end", "failed")]
+    assert runs[0]["task_description"] == "Plot a sine"
+    assert runs[0]["meta"] == {"workflow": "one_shot"}
+    assert "FileExistsError" in runs[1]["error_message"]
 
 
 def test_importing_the_fork_in_a_captured_process_installs_the_capture(tmp_path: Path) -> None:

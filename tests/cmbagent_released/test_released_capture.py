@@ -10,6 +10,7 @@ import cmbagent
 import pytest
 
 from agent_shim import cmbagent_capture
+from agent_shim.records import moment
 
 #: CMBAgent's own agents warn so each time a CMBAgent() builds them.
 pytestmark = pytest.mark.filterwarnings(
@@ -29,7 +30,8 @@ def test_one_shot_is_the_run_with_its_task_closed_when_it_raises(capture, tmp_pa
         cmbagent.one_shot("Plot a sine", work_dir=str(not_a_directory),
                           api_keys={"OPENAI": "offline"})
     runs = sink.of("run")
-    assert [(r["p"], r["status"]) for r in runs] == [("start", "running"), ("end", "failed")]
-    assert runs[0]["task"] == "Plot a sine" and runs[0]["meta"] == {"workflow": "one_shot"}
-    assert "NotADirectoryError" in runs[1]["error"]
+    assert [(moment(r), r["status"]) for r in runs] == [("start", "running"), ("end", "failed")]
+    assert runs[0]["task_description"] == "Plot a sine"
+    assert runs[0]["meta"] == {"workflow": "one_shot"}
+    assert "NotADirectoryError" in runs[1]["error_message"]
     assert [s["status"] for s in sink.of("session")] == ["active", "failed"]
