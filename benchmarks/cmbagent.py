@@ -4,8 +4,8 @@ Runs in a Python 3.12 virtualenv with the released CMBAgent (``cmbagent-update``
 docs/benchmarks.md). The step is CMBAgent's real ``one_shot``: a fresh ``CMBAgent()`` and one
 ``solve`` in which its engineer writes code, its executor runs it in a subprocess, its control
 agent records the step and its terminator ends it, against the scripted OpenAI client of
-``tests/cmbagent_script.py`` (no network time hides the overhead). Each round runs the step once
-per variant, in a rotating order, into a running collector:
+``tests/helpers/cmbagent_script.py`` (no network time hides the overhead). Each round runs the
+step once per variant, in a rotating order, into a running collector:
 
 - ``off``: nothing recorded;
 - ``flat``: the AG2 capture only (what an unrecognised CMBAgent gets);
@@ -57,7 +57,7 @@ def step(work_dir: str) -> tuple[float, float]:
     /dev/null."""
     import cmbagent
 
-    from tests.cmbagent_script import scripted_openai
+    from tests.helpers.cmbagent_script import scripted_openai
 
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), \
             scripted_openai():

@@ -16,7 +16,7 @@ import pytest
 
 from collector import schema
 
-from .support import CollectorProcess, execute, new_name
+from .helpers.support import CollectorProcess, execute, new_name
 
 MACHINE_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .support import fetch, fetchval, free_port
+from .helpers.support import fetch, fetchval, free_port
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

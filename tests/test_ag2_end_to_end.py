@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from .install_checks import require_startup_hook
-from .support import CollectorProcess, cost_rows, event_rows, fetch, wait_for
+from .helpers.install_checks import require_startup_hook
+from .helpers.support import CollectorProcess, cost_rows, event_rows, fetch, wait_for
 
 AG2_TESTS = Path(__file__).parent / "ag2"
 sys.path.insert(0, str(AG2_TESTS))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import free_port
+from .helpers.support import free_port
 
 REPO = Path(__file__).parents[1]
 UNKNOWN_CMBAGENT = '''

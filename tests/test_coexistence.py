@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from collector import schema
 from collector.settings import Settings, SettingsError
 
-from .support import CollectorProcess, agent, execute, fetch, fetchval
+from .helpers.support import CollectorProcess, agent, execute, fetch, fetchval
 
 #: The vendored fork (VENDORED.md); CI has it at the same place beside the repository.
 FORK = Path(os.environ.get("CMBAGENT_FORK_SOURCE",

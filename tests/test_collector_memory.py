@@ -16,8 +16,8 @@ import zmq
 
 from agent_shim.wire import VERSION, decode_reply, encode_frame, new_id
 
-from .frames import good_records
-from .support import CollectorProcess, fetch, free_port
+from .helpers.frames import good_records
+from .helpers.support import CollectorProcess, fetch, free_port
 
 MiB = 1024 * 1024
 

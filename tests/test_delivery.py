@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from .support import CollectorProcess, agent, fetch, fetchval, finish, wait_for
+from .helpers.support import CollectorProcess, agent, fetch, fetchval, finish, wait_for
 
 
 def _run_id(output: str) -> uuid.UUID:
@@ -177,6 +177,6 @@ def test_drops_past_the_spool_bound_are_counted_in_the_stored_run(
 @pytest.mark.parametrize("bad", ["garbage", "bad_records"])
 def test_bad_input_is_quarantined_and_good_events_are_stored(
         collector: CollectorProcess, bad: str) -> None:
-    from .frames import exercise_bad_input
+    from .helpers.frames import exercise_bad_input
 
     exercise_bad_input(collector, bad)

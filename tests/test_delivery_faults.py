@@ -22,8 +22,8 @@ import zmq.auth
 from agent_shim.spool import destination_key
 from agent_shim.wire import ACK, decode_frame, encode_frame, encode_reply
 
-from .frames import good_records
-from .support import (
+from .helpers.frames import good_records
+from .helpers.support import (
     CollectorProcess,
     agent,
     fetch,

@@ -32,7 +32,7 @@ import yaml  # PyYAML: a dependency of ag2, so of the test extra
 from collector import schema
 from collector.settings import HTTP_BIND, METRICS_BIND
 
-from .support import CollectorProcess, execute, fetchval, free_port
+from .helpers.support import CollectorProcess, execute, fetchval, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -313,7 +313,7 @@ def test_least_privilege_roles_run_the_collector(postgres_admin: str, tmp_path: 
                         "'execution_events'") == owner
 
         # The daemon as the collector role: TEMP staging tables, upserts, sequences, quarantine.
-        from .frames import exercise_bad_input
+        from .helpers.frames import exercise_bad_input
 
         collector = CollectorProcess(collector_dsn, tmp_path, extra=("--no-migrate",)).start()
         exercise_bad_input(collector, "records")

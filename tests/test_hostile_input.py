@@ -31,7 +31,7 @@ from collector.pipeline import Decoded, decode
 from collector.store import SPLIT_BUDGET_PER_LEVEL, Store
 from collector.tables import EVENTS
 
-from .support import CollectorProcess, fetch, fetchval
+from .helpers.support import CollectorProcess, fetch, fetchval
 
 MiB = 1024 * 1024
 MAX = 8 * MiB

@@ -7,7 +7,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .support import CollectorProcess, agent, fetch, fetchval, finish, free_port, wait_for
+from .helpers.support import CollectorProcess, agent, fetch, fetchval, finish, free_port, wait_for
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -160,7 +160,7 @@ def test_two_collectors_on_one_database_store_redelivered_events_once(
 
     from agent_shim.wire import decode_reply, encode_frame, new_id
 
-    from .frames import good_records
+    from .helpers.frames import good_records
 
     collectors = [CollectorProcess(database, tmp_path, extra=("--no-migrate",)).start()
                   for _ in range(2)]
@@ -220,7 +220,7 @@ def test_messages_over_the_configured_size_are_refused_before_they_are_read(
 
     from agent_shim.wire import decode_reply, encode_frame, new_id
 
-    from .frames import good_records
+    from .helpers.frames import good_records
 
     limit = 9 * 1024 * 1024
     collector = CollectorProcess(database, tmp_path, extra=(

@@ -33,7 +33,7 @@ from collector.otlp.spans import run_spans
 from collector.schema import connect
 
 from .conftest import migrated_database
-from .support import (
+from .helpers.support import (
     CollectorProcess,
     agent,
     execute,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from collector import schema
 
-from .install_checks import require_startup_hook
-from .support import fetchval
+from .helpers.install_checks import require_startup_hook
+from .helpers.support import fetchval
 
 ROOT = Path(__file__).parents[1]
 

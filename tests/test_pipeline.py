@@ -13,8 +13,8 @@ from agent_shim.wire import encode_frame, new_id, pack_record
 from collector.pipeline import decode
 from collector.store import Store
 
-from .frames import good_records
-from .support import fetch
+from .helpers.frames import good_records
+from .helpers.support import fetch
 
 MAX = 8 * 1024 * 1024
 

@@ -18,7 +18,7 @@ import pytest
 from collector import reads
 from collector.schema import connect
 
-from .support import CollectorProcess
+from .helpers.support import CollectorProcess
 
 #: A small workflow with known content: 2 phases, 2 steps, a redo, 5 sub-agents, 2 costs.
 WORKFLOW = """

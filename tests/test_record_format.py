@@ -14,7 +14,7 @@ from collector.pipeline import Reject, decode, to_row
 from collector.store import Store
 from collector.tables import KINDS, Column
 
-from .support import fetch
+from .helpers.support import fetch
 
 RUN, SESSION, NODE, OTHER, EVENT = (new_id() for _ in range(5))
 T0 = now_us()

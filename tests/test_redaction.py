@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from agent_shim.payload import REDACTED, Cleaner, names_secret, snapshot
 
-from .secret_corpus import KEYS, ORDINARY, TEXTS, every_prefix
+from .helpers.secret_corpus import KEYS, ORDINARY, TEXTS, every_prefix
 
 
 def cleaned(**record: object) -> dict[str, object]:

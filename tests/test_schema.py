@@ -8,7 +8,7 @@ from pathlib import Path
 
 from collector import schema
 
-from .support import CollectorProcess, agent, fetch, fetchval
+from .helpers.support import CollectorProcess, agent, fetch, fetchval
 
 TABLES = {"sessions", "workflow_runs", "dag_nodes", "dag_edges", "execution_events",
           "cost_records", "dropped_events", "quarantine", "otlp_exports"}

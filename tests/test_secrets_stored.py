@@ -14,10 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .secret_corpus import KEYS, ORDINARY, SECRETS, TEXTS, every_prefix
-from .support import CollectorProcess, fetch, fetchval
+from .helpers.secret_corpus import KEYS, ORDINARY, SECRETS, TEXTS, every_prefix
+from .helpers.support import CollectorProcess, fetch, fetchval
 
-PROGRAM = Path(__file__).with_name("secret_program.py")
+PROGRAM = Path(__file__).parent / "helpers" / "secret_program.py"
 
 
 def run_program(name: str, collector: CollectorProcess, agent_env: dict[str, str]) -> None:

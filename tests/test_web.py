@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from .support import CollectorProcess, free_port, wait_for
+from .helpers.support import CollectorProcess, free_port, wait_for
 from .test_queries import ok, stored  # noqa: F401  (a fixture)
 
 

@@ -22,7 +22,7 @@ from agent_shim.testing import RecordingSink, recording_tracker
 from agent_shim.workflow import MaxRedosExceeded, WorkflowError
 from collector.schema import connect
 
-from .support import CollectorProcess, fetch, fetchval
+from .helpers.support import CollectorProcess, fetch, fetchval
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "cmbagent_workflow.py"

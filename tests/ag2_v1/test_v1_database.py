@@ -14,7 +14,7 @@ import scenarios
 from ag2_checks import check_capture
 from checks import check_v1_capture
 
-from tests.support import CollectorProcess, cost_rows, event_rows, fetch, wait_for
+from tests.helpers.support import CollectorProcess, cost_rows, event_rows, fetch, wait_for
 
 HERE = Path(__file__).parent
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from playwright.sync_api import Page, expect
 
-from ..support import CollectorProcess, fetchval
+from ..helpers.support import CollectorProcess, fetchval
 from .conftest import open_page, screenshot
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,7 +20,7 @@ from cmbagent.workflows.composer import WorkflowDefinition, WorkflowExecutor
 from agent_shim.cmbagent import tracking_callbacks
 
 sys.path.append(str(Path(__file__).resolve().parents[2]))  # after the installed agent_shim
-from tests.cmbagent_script import ScriptedHuman, scripted_openai  # noqa: E402
+from tests.helpers.cmbagent_script import ScriptedHuman, scripted_openai  # noqa: E402
 
 TASK = "Compute the three quantities of the toy cosmology task"
 WORKFLOW = "hitl_interactive_custom"

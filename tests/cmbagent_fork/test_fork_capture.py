@@ -23,7 +23,7 @@ from cmbagent.phases.planning import PlanningPhase
 
 from agent_shim.cmbagent import tracking_callbacks
 from agent_shim.records import moment
-from tests.cmbagent_script import ScriptedHuman
+from tests.helpers.cmbagent_script import ScriptedHuman
 
 #: The fork's own agents warn so each time a CMBAgent() builds them.
 pytestmark = pytest.mark.filterwarnings(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fork_program import FEEDBACK, MAX_REDOS, TASK, WORKFLOW
 
-from tests.cmbagent_workflows import (
+from tests.helpers.cmbagent_workflows import (
     ENGINEERING,
     GROUP_CHAT,
     PLANNING,
@@ -20,7 +20,7 @@ from tests.cmbagent_workflows import (
     run_program,
     tree,
 )
-from tests.support import CollectorProcess, fetch
+from tests.helpers.support import CollectorProcess, fetch
 
 PROGRAM = Path(__file__).with_name("fork_program.py")
 STEPS = [("hitl_planning", "phase", "completed"), ("hitl_control", "phase", "completed"),

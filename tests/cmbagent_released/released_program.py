@@ -13,7 +13,7 @@ from pathlib import Path
 import cmbagent
 
 sys.path.append(str(Path(__file__).resolve().parents[2]))  # after the installed agent_shim
-from tests.cmbagent_script import scripted_openai  # noqa: E402
+from tests.helpers.cmbagent_script import scripted_openai  # noqa: E402
 
 TASK = "Compute the three quantities of the toy cosmology task"
 WORKFLOWS = {

@@ -1,6 +1,6 @@
 """The released CMBAgent's real workflows, run as a user would (zero code: the startup hook),
-offline with a scripted model at the OpenAI client (``tests/cmbagent_script.py``), into a real
-collector and PostgreSQL: ``planning_and_control_context_carryover`` with a 3-step plan whose
+offline with a scripted model at the OpenAI client (``tests/helpers/cmbagent_script.py``), into a
+real collector and PostgreSQL: ``planning_and_control_context_carryover`` with a 3-step plan whose
 step 2 fails once and is fixed, and ``one_shot``."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from released_program import TASK
 
-from tests.cmbagent_workflows import (
+from tests.helpers.cmbagent_workflows import (
     ENGINEERING,
     GROUP_CHAT,
     PLANNING,
@@ -20,7 +20,7 @@ from tests.cmbagent_workflows import (
     run_program,
     tree,
 )
-from tests.support import CollectorProcess
+from tests.helpers.support import CollectorProcess
 
 PROGRAM = Path(__file__).with_name("released_program.py")
 

@@ -23,7 +23,7 @@ from collector.otlp.export import load_run, requests
 from collector.otlp.spans import run_spans
 from collector.schema import connect
 
-from ..support import fetchval, free_port, run_async, wait_for
+from ..helpers.support import fetchval, free_port, run_async, wait_for
 from ..test_workflow import example_run  # noqa: F401  (a fixture)
 
 PROJECT = "cmbagent"

@@ -13,7 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from tests.support import CollectorProcess, fetch, wait_for
+from tests.helpers.support import CollectorProcess, fetch, wait_for
 
 #: AG2's own agents in every CMBAgent group chat: the group's manager (CMBAgent names it), the
 #: user proxy that sends the task, the tool executor.
