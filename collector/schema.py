@@ -1,5 +1,5 @@
 """Where our tables live (a PostgreSQL schema of their own) and the alembic migrations
-(``collector/migrations``, shipped inside the package) that make them.
+(``migrations/`` in the repository) that make them.
 
 Every connection of ours sets ``search_path`` to that schema only, so unqualified names mean our
 tables, never CMBAgent's tables of the same names in ``public``.
@@ -26,14 +26,14 @@ async def connect(dsn: str, schema: str = DEFAULT_SCHEMA, **settings: str) -> as
     return await asyncpg.connect(dsn, server_settings={**server_settings(schema), **settings})
 
 
-#: The alembic environment and its revisions: a directory of this package, wherever it is
-#: installed (a wheel, an sdist's build, an editable checkout).
-MIGRATIONS = Path(__file__).with_name("migrations")
+def _script_location() -> Path:
+    installed = Path(__file__).with_name("migrations")  # a wheel maps migrations/ here
+    return installed if installed.is_dir() else Path(__file__).parents[1] / "migrations"
 
 
 def alembic_config(dsn: str, schema: str = DEFAULT_SCHEMA) -> Config:
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("script_location", str(_script_location()))
     config.attributes["dsn"] = dsn
     config.attributes["schema"] = schema
     return config

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+
 from alembic import context
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
@@ -66,8 +67,7 @@ def _migrate(connection: Connection, schema: str) -> None:
 async def _run() -> None:
     dsn, schema = _target()
     # asyncpg reads the DSN itself, exactly as the collector's pool does (sslmode, host=...).
-    engine = create_async_engine("postgresql+asyncpg://",
-                                 async_creator=lambda: asyncpg.connect(dsn))
+    engine = create_async_engine("postgresql+asyncpg://", async_creator=lambda: asyncpg.connect(dsn))
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_migrate, schema)
