@@ -16,6 +16,7 @@ import os
 import sys
 import time
 import traceback
+from pathlib import Path
 
 PARTS = ("emit", "workflow", "throughput", "latency", "reads", "memory", "redaction", "web")
 #: Parts run only when named: they need an environment of their own.
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(default postgresql://postgres@127.0.0.1:5432/postgres)")
     parser.add_argument("--keep", action="store_true", help="keep the bench_* databases")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    parser.add_argument("--collector-source", type=Path, metavar="DIR",
+                        help="part throughput: also time the collector of this source tree (e.g. "
+                             "a copy of main) beside this one's, alternating, in the same run")
     args = parser.parse_args(argv)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     known = PARTS + NAMED_PARTS
@@ -71,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     from .harness import DEFAULT_ADMIN_DSN, Bench, machine
     from .report import markdown_table, text_table
 
-    bench = Bench(admin_dsn=args.dsn or DEFAULT_ADMIN_DSN, quick=args.quick, keep=args.keep)
+    bench = Bench(admin_dsn=args.dsn or DEFAULT_ADMIN_DSN, quick=args.quick, keep=args.keep,
+                  collector_source=args.collector_source and args.collector_source.resolve())
     results = []
     failed = False
     try:

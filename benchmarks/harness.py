@@ -33,6 +33,8 @@ class Bench:
     keep: bool = False  # keep the bench_* databases afterwards (the reads data set always stays)
     scratch: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cmbagent-bench-")))
     measured: dict[str, float] = field(default_factory=dict)  # figures one part hands to another
+    #: Another source tree (e.g. a copy of main) whose collector is timed beside this one's.
+    collector_source: Path | None = None
     _databases: list[str] = field(default_factory=list)
 
     def scale(self, full: int, quick: int) -> int:
@@ -79,17 +81,19 @@ class Bench:
 
 
 class Collector:
-    """``cmbagent-collector serve`` as a child process, as an operator runs it."""
+    """``cmbagent-collector serve`` as a child process, as an operator runs it; ``source`` is
+    the tree to run it from (default: this one)."""
 
-    def __init__(self, bench: Bench, dsn: str) -> None:
+    def __init__(self, bench: Bench, dsn: str, source: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"tcp://127.0.0.1:{self.port}"
         self.log = bench.scratch / f"collector-{self.port}.log"
+        env = None if source is None else {**os.environ, "PYTHONPATH": str(source)}
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "collector", "--dsn", dsn, "serve", "--bind", self.url,
                  "--http", "off"],
-                stdout=log, stderr=subprocess.STDOUT)
+                stdout=log, stderr=subprocess.STDOUT, cwd=source, env=env)
         deadline = time.monotonic() + 60
         while not _listening(self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -111,8 +115,8 @@ class Collector:
 
 
 @contextmanager
-def collector(bench: Bench, dsn: str) -> Iterator[Collector]:
-    process = Collector(bench, dsn)
+def collector(bench: Bench, dsn: str, source: Path | None = None) -> Iterator[Collector]:
+    process = Collector(bench, dsn, source)
     try:
         yield process
     finally:
@@ -156,6 +160,14 @@ def fetchval(dsn: str, sql: str, *args: Any) -> Any:
 
 def execute(dsn: str, sql: str) -> None:
     run(_execute(dsn, sql))
+
+
+def pin(pids: list[int], cpus: str) -> None:
+    """Every thread of these processes on ``cpus`` (``taskset`` syntax, e.g. ``"0"`` or
+    ``"0-1"``)."""
+    for pid in pids:
+        subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], check=True,
+                       stdout=subprocess.DEVNULL)
 
 
 def rotated(items: list[Any], round_number: int) -> list[Any]:

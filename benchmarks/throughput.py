@@ -9,6 +9,11 @@ Ceiling: the rows those events became are dumped, deleted, and loaded again into
 ``execution_events`` table (same indexes) with ``psql -c "\\copy ... FROM file"``, timed. The
 table is vacuumed after every delete, so each round starts from the same state.
 
+Collector alone: the same load with the collector pinned (``taskset``) to one CPU and the agents
+and PostgreSQL's sessions to the other, so that its CPU time is its own; its capacity is events
+per CPU-second it spent. With ``--collector-source DIR`` the collector of that tree (e.g. a copy
+of main) is timed the same way, alternating with this one's in every round.
+
 Run as ``python -m benchmarks.throughput produce COUNT START_AT`` it is one producer.
 """
 
@@ -19,17 +24,24 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from collector.settings import DEFAULT_SCHEMA
 
-from .harness import Bench, collector, execute
+from .harness import Bench, Collector, collector, execute, pin, rotated
 from .harness import run as run_async
 from .report import Result
 from .stats import Summary, ratios
 
 GOAL = 0.75
+ALONE_GOAL = 1.5  # the collector's capacity on a CPU of its own, over \copy's rate
 PRODUCERS = 2
+#: "alone": the collector on one CPU, the agents and PostgreSQL's sessions on the other.
+MODES = ("shared", "alone")
+COLLECTOR_CPU, OTHERS_CPU = "0", "1"
 CONTENT = "The power spectrum peaks at l=220; the engineer re-runs the fit with new priors. " * 5
 COLUMNS = ("run_id, id, session_id, node_id, parent_event_id, event_type, event_subtype, "
            "agent_name, status, \"timestamp\", started_at, completed_at, inputs, outputs, meta, "
@@ -56,12 +68,14 @@ def produce(count: int, start_at: float) -> dict[str, Any]:
             "cpu": time.process_time() - cpu}
 
 
-def run_producers(bench: Bench, url: str, count: int) -> dict[str, float]:
+def run_producers(bench: Bench, url: str, count: int,
+                  cpus: str | None = None) -> dict[str, float]:
     start_at = time.time() + 3.0  # after every interpreter has started and connected
     env = bench.agent_env(url)
-    processes = [subprocess.Popen([sys.executable, "-m", "benchmarks.throughput", "produce",
-                                   str(count), str(start_at)], env=env, stdout=subprocess.PIPE,
-                                  text=True) for _ in range(PRODUCERS)]
+    pinned = ["taskset", "-c", cpus] if cpus else []
+    processes = [subprocess.Popen([*pinned, sys.executable, "-m", "benchmarks.throughput",
+                                   "produce", str(count), str(start_at)], env=env,
+                                  stdout=subprocess.PIPE, text=True) for _ in range(PRODUCERS)]
     reports = []
     for process in processes:
         out, _ = process.communicate(timeout=600)
@@ -128,6 +142,10 @@ class CpuMeter:
         self._database = database
         self.spent: dict[str, list[float]] = {"agents": [], "collector": [], "postgres": []}
 
+    def backends(self) -> list[int]:
+        """PostgreSQL's sessions in this database."""
+        return list(self._now()["postgres"])
+
     def _now(self) -> dict[str, Any]:
         import psutil
 
@@ -158,37 +176,104 @@ class CpuMeter:
                          for name, values in self.spent.items())
 
 
+@dataclass
+class Variant:
+    """One collector under test: its process, database and figures per mode."""
+
+    name: str
+    process: Collector
+    dsn: str
+    database: str
+    rates: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in MODES})
+    emit: list[float] = field(default_factory=list)
+    cpu: dict[str, CpuMeter] = field(default_factory=dict)
+
+    def measure(self, bench: Bench, count: int, mode: str) -> list[Any]:
+        """One load in ``mode``; the runs it made."""
+        if mode not in self.cpu:
+            self.cpu[mode] = CpuMeter(self.process.pid, self.database)
+        cpu = self.cpu[mode]
+        all_cpus = f"0-{(os.cpu_count() or 2) - 1}"
+        alone = mode == "alone"
+        before = run_async(_runs(self.dsn))
+        if alone:
+            pin([self.process.pid], COLLECTOR_CPU)
+            pin(cpu.backends(), OTHERS_CPU)
+        try:
+            cpu.start()
+            measured = run_producers(bench, self.process.url, count,
+                                     OTHERS_CPU if alone else None)
+            cpu.stop(count * PRODUCERS, measured["agents_cpu"])
+        finally:
+            if alone:
+                pin([self.process.pid, *cpu.backends()], all_cpus)
+        self.rates[mode].append(measured["rate"])
+        if not alone:
+            self.emit.append(measured["emit_rate"])
+        return sorted(run_async(_runs(self.dsn)) - before)
+
+    def capacity(self) -> list[float]:
+        """Events per CPU-second the collector spent, on a CPU of its own."""
+        return [1e6 / ms for ms in self.cpu["alone"].spent["collector"]]
+
+
 def run(bench: Bench) -> list[Result]:
     rounds, count = bench.scale(3, 2), bench.scale(40_000, 15_000)
-    dsn = bench.database("throughput")
-    ours: list[float] = []
-    emit: list[float] = []
-    ceiling: list[float] = []
     path = str(bench.scratch / "rows.copy")
-    with collector(bench, dsn) as process:
-        cpu = CpuMeter(process.pid, "bench_throughput")
-        for _ in range(rounds):
-            before = run_async(_runs(dsn))
-            cpu.start()
-            measured = run_producers(bench, process.url, count)
-            cpu.stop(count * PRODUCERS, measured["agents_cpu"])
-            runs = sorted(run_async(_runs(dsn)) - before)
-            rows = run_async(_dump(dsn, path, runs))
-            if rows != count * PRODUCERS:
-                raise RuntimeError(f"stored {rows} events, expected {count * PRODUCERS}")
-            _delete(dsn, runs)
-            ceiling.append(rows / psql_copy(dsn, path))
-            _delete(dsn, runs)
-            ours.append(measured["rate"])
-            emit.append(measured["emit_rate"])
-    ratio = ratios(ours, ceiling)
-    bench.measured["throughput"] = Summary.of(ours).median
-    return [Result(
-        "3 throughput", f"events/s committed ({PRODUCERS} agents, {count * PRODUCERS:,} per round)",
-        Summary.of(ours).format("/s"), "psql \\copy " + Summary.of(ceiling).format("/s"),
-        ratio, "≥ 0.75 × \\copy", ratio.median >= GOAL,
-        note=f"the agents' callers emitted at {Summary.of(emit).format('/s')}; CPU ms per "
-             f"1,000 events: {cpu.summary()} (2 CPUs shared by all of them)")]
+    ceiling: list[float] = []
+    sources: list[tuple[str, Path | None]] = [("ours", None)]
+    if bench.collector_source is not None:
+        sources.append((f"{bench.collector_source}", bench.collector_source))
+    with ExitStack() as stack:
+        variants = []
+        for i, (name, source) in enumerate(sources):
+            part = "throughput" if i == 0 else f"throughput_{i}"
+            # Another tree's collector migrates its own database (it may be behind ours).
+            dsn = bench.database(part, migrate=source is None)
+            variants.append(Variant(name, stack.enter_context(collector(bench, dsn, source)),
+                                    dsn, f"bench_{part}"))
+        for round_number in range(rounds):
+            for variant in rotated(variants, round_number):
+                for mode in rotated(list(MODES), round_number):
+                    runs = variant.measure(bench, count, mode)
+                    rows = run_async(_dump(variant.dsn, path, runs))
+                    if rows != count * PRODUCERS:
+                        raise RuntimeError(f"{variant.name}: stored {rows} events, expected "
+                                           f"{count * PRODUCERS}")
+                    _delete(variant.dsn, runs)
+                    if variant is variants[0] and mode == "shared":
+                        ceiling.append(rows / psql_copy(variant.dsn, path))
+                        _delete(variant.dsn, runs)
+    ours = variants[0]
+    bench.measured["throughput"] = Summary.of(ours.rates["shared"]).median
+    copy = "psql \\copy " + Summary.of(ceiling).format("/s")
+    ratio, capacity = ratios(ours.rates["shared"], ceiling), ratios(ours.capacity(), ceiling)
+    results = [
+        Result("3 throughput", f"events/s committed ({PRODUCERS} agents, "
+               f"{count * PRODUCERS:,} per round)", Summary.of(ours.rates["shared"]).format("/s"),
+               copy, ratio, f"≥ {GOAL} × \\copy", ratio.median >= GOAL,
+               note=f"the agents' callers emitted at {Summary.of(ours.emit).format('/s')}; CPU "
+                    f"ms per 1,000 events: {ours.cpu['shared'].summary()} (2 CPUs shared by all "
+                    "of them)"),
+        Result("3 throughput", "collector alone: events per collector CPU-second (its own CPU)",
+               Summary.of(ours.capacity()).format("/s"), copy, capacity,
+               f"≥ {ALONE_GOAL} × \\copy", capacity.median >= ALONE_GOAL,
+               note=f"collector on CPU {COLLECTOR_CPU}, agents and PostgreSQL on CPU "
+                    f"{OTHERS_CPU}: committed {Summary.of(ours.rates['alone']).format('/s')}; "
+                    f"CPU ms per 1,000 events: {ours.cpu['alone'].summary()}"),
+    ]
+    for other in variants[1:]:
+        for mode in MODES:
+            ratio = ratios(ours.rates[mode], other.rates[mode])
+            results.append(Result(
+                "3 throughput", f"events/s committed, {mode}, beside the collector of "
+                f"{other.name}", Summary.of(ours.rates[mode]).format("/s"),
+                Summary.of(other.rates[mode]).format("/s"), ratio,
+                note=f"CPU ms per 1,000 events, ours: {ours.cpu[mode].summary()}; theirs: "
+                     f"{other.cpu[mode].summary()}" + (
+                         f"; collector capacity {Summary.of(other.capacity()).format('/s')}"
+                         if mode == "alone" else "")))
+    return results
 
 
 if __name__ == "__main__":

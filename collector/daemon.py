@@ -7,10 +7,13 @@
   fill and the shims' sends back off, so pressure reaches them instead of our memory. A batch
   decodes at most ``batch_max_events`` records (stored or refused) or ``batch_max_bytes`` of
   frames, plus one frame (see ``docs/operations.md`` for the whole bound).
+- While a batch commits, the next one is decoded from the frames waiting or arriving meanwhile,
+  so decoding and the database work at the same time: one batch ahead, never more.
 - A frame refused whole (malformed, oversize, ...) is answered ``refused`` with its batch id,
   when that can be read, after the commit that quarantines it: its shim stops resending it.
-- A batch is committed in one transaction; only then are its frames acknowledged. If the
-  database is away, the same batch is retried with backoff and nothing is acknowledged.
+- A batch is committed in one transaction; only then are its frames acknowledged. Batches
+  commit one at a time, in the order their frames arrived. If the database is away, the same
+  batch is retried with backoff and nothing is acknowledged.
 - SIGTERM or SIGINT: stop reading, commit and acknowledge what is held, exit.
 """
 
@@ -195,36 +198,64 @@ class Collector:
     # --- writing --------------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
+        """Commit batch after batch, in arrival order, each acknowledged after its commit; the
+        next batch is decoded while the previous one commits (one batch ahead, no more)."""
+        committing: asyncio.Task[None] | None = None
         while True:
+            batch = await self._next_batch(committing)
+            if committing is not None:
+                await committing
+                committing = None
+                if self._pending_bytes < self.settings.max_pending_bytes // 2:
+                    self._resume_reading()
+            if batch:
+                committing = asyncio.create_task(self._commit(batch))
+            elif self._stopping and not self._pending and not self._refused_early:
+                return
+
+    async def _next_batch(self, committing: asyncio.Task[None] | None) -> list[Decoded]:
+        """Decode frames into the next batch: until it is full, or, while ``committing`` runs,
+        until that commit is done; when the writer is idle, ``batch_delay`` after the first
+        frame arrives. Returns an empty batch if there is nothing to write."""
+        settings = self.settings
+        if committing is None:
             if not self._pending and not self._refused_early:
                 if self._stopping:
-                    return
+                    return []
                 self._arrived.clear()
                 await self._arrived.wait()
-                continue
             if not self._stopping:
-                await asyncio.sleep(self.settings.batch_delay)  # let a batch gather
-            batch = self._take_batch()
-            await self._commit(batch)
-            if self._pending_bytes < self.settings.max_pending_bytes // 2:
-                self._resume_reading()
-
-    def _take_batch(self) -> list[Decoded]:
-        settings = self.settings
+                await asyncio.sleep(settings.batch_delay)  # let a batch gather
         batch, self._refused_early = self._refused_early, []
         self._pending_bytes -= sum(len(d.quarantined[0].payload) for d in batch)  # their heads
         records = frame_bytes = 0
-        while (self._pending and records < settings.batch_max_events
-               and frame_bytes < settings.batch_max_bytes):
-            identity, frame = self._pending.popleft()
-            self._pending_bytes -= len(frame)
-            frame_bytes += len(frame)
-            decoded = decode(identity, frame, settings.max_frame_bytes, settings.max_frame_records)
-            self.metrics.decoded(decoded)
-            records += decoded.records
-            batch.append(decoded)
+        while records < settings.batch_max_events and frame_bytes < settings.batch_max_bytes:
+            if self._pending:
+                identity, frame = self._pending.popleft()
+                self._pending_bytes -= len(frame)
+                frame_bytes += len(frame)
+                decoded = decode(identity, frame, settings.max_frame_bytes,
+                                 settings.max_frame_records)
+                self.metrics.decoded(decoded)
+                records += decoded.records
+                batch.append(decoded)
+                if committing is not None:
+                    await asyncio.sleep(0)  # the commit's replies are read between frames
+            elif committing is not None and not committing.done() and not self._stopping:
+                await self._arrival_or(committing)
+            else:
+                break
         self._count_pending()
         return batch
+
+    async def _arrival_or(self, task: asyncio.Task[None]) -> None:
+        """Wait until a frame arrives or ``task`` is done."""
+        self._arrived.clear()
+        arrival = asyncio.ensure_future(self._arrived.wait())
+        try:
+            await asyncio.wait((task, arrival), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            arrival.cancel()
 
     async def _commit(self, batch: list[Decoded]) -> None:
         """Write until it succeeds (or we are stopping and out of time), then acknowledge."""

@@ -6,12 +6,14 @@ what each sender last reported is bounded, so no client can grow ``/metrics`` or
 
 from __future__ import annotations
 
+from collections import Counter as Tally
 from collections import OrderedDict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .pipeline import REASONS, Decoded
 from .store import WriteResult
+from .tables import DROPS
 
 #: The reasons a shim gives for the events it drops (``agent_shim``); others count as ``other``.
 SHIM_DROP_REASONS = frozenset({"queue_full", "spool_full", "exit_timeout", "refused",
@@ -80,10 +82,15 @@ class Metrics:
         self.bytes_received.inc(size)
 
     def decoded(self, decoded: Decoded) -> None:
-        for table, row in decoded.rows:
-            self.records_received.labels(table.name).inc()
-            if table.name == "dropped_events":
-                self._count_shim_drops(row["run_id"], row["sender"], row["reason"], row["count"])
+        tables = Tally(table for table, _ in decoded.rows)  # one increment per table
+        for table, count in tables.items():
+            self.records_received.labels(table.name).inc(count)
+        if DROPS in tables:
+            for table, row in decoded.rows:
+                if table is DROPS:
+                    drop = DROPS.as_dict(row)
+                    self._count_shim_drops(drop["run_id"], drop["sender"], drop["reason"],
+                                           drop["count"])
 
     def _count_shim_drops(self, run: object, sender: str, reason: str, total: int) -> None:
         """Shims report cumulative counts: count what is new since the last report. Only the

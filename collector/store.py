@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,7 @@ import asyncpg
 from .pipeline import QUARANTINE_PAYLOAD_BYTES, Decoded, Quarantined, Refusals
 from .schema import server_settings
 from .settings import DEFAULT_SCHEMA
-from .tables import RUNS, WRITE_ORDER, Row, Table, clean_text
+from .tables import EVENTS, RUNS, SESSIONS, WRITE_ORDER, Row, Table, clean_text
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,9 @@ DATA_ERRORS = ("22", "23", "54")  # data exception, integrity, program limit (e.
 #: Errors raised while encoding rows here: they belong to the data, never to the connection.
 LOCAL_DATA_ERRORS = (asyncpg.DataError, ValueError, TypeError, OverflowError, RecursionError)
 SPLIT_BUDGET_PER_LEVEL = 4  # transactions per halving level (log2 of the rows) to find bad rows
+UNIQUE_VIOLATION = "23505"
+#: Microseconds from the Unix epoch to PostgreSQL's (2000-01-01), for the timestamptz codec.
+_PG_EPOCH_US = 946_684_800_000_000
 
 _QUARANTINE_SQL = """
 INSERT INTO quarantine (digest, reason, detail, sender, payload, payload_size)
@@ -145,7 +149,9 @@ class Store:
             for table in WRITE_ORDER:
                 table_rows = rows.get(table)
                 if table_rows:
-                    inserted, total = await _upsert(connection, table, table_rows)
+                    inserted, total = await (
+                        _write_events(connection, list(table_rows.values())) if table is EVENTS
+                        else _upsert(connection, table, list(table_rows.values())))
                     result.inserted[table.name] += inserted
                     result.merged[table.name] += total - inserted
             if quarantined:
@@ -165,8 +171,16 @@ class Store:
 
 
 async def _prepare_connection(connection: asyncpg.Connection) -> None:
+    # Rows hold ids as their 16 bytes and times as integer microseconds since the epoch: these
+    # codecs hand both to PostgreSQL's binary format as they are, with no Python object made
+    # per value (uuid.UUID, datetime).
+    await connection.set_type_codec("uuid", schema="pg_catalog", encoder=bytes, decoder=bytes,
+                                    format="binary")
+    await connection.set_type_codec(
+        "timestamptz", schema="pg_catalog", format="tuple",
+        encoder=lambda us: (us - _PG_EPOCH_US,), decoder=lambda pg: pg[0] + _PG_EPOCH_US)
     for table in WRITE_ORDER:
-        await connection.execute(table.create_stage_sql())
+        await connection.execute(table.create_stage_sql)
 
 
 def _row_count(frames: list[Decoded]) -> int:
@@ -200,30 +214,35 @@ def _refusal(piece: list[Decoded], error: Exception) -> list[Quarantined]:
         count = len(frame.rows)
         what = (f"{table.name} row" if count == 1 else f"{count} rows refused together (the "
                 "first is kept; the search for the bad ones ran out of budget)")
-        refusals.append(Quarantined(reason, f"{what}: {detail}", repr(row).encode(
+        refusals.append(Quarantined(reason, f"{what}: {detail}", repr(table.as_dict(row)).encode(
             errors="replace")[:QUARANTINE_PAYLOAD_BYTES], frame.sender, count))
     return refusals
 
 
-def _merged_rows(frames: list[Decoded]) -> dict[Table, dict[tuple[Any, ...], Row]]:
+Merged = dict[Table, dict[Any, Row]]
+
+
+def _merged_rows(frames: list[Decoded]) -> Merged:
     """Rows per table, the pieces of one row merged by its table's rules, in arrival order."""
-    rows: dict[Table, dict[tuple[Any, ...], Row]] = {}
+    rows: Merged = {}
     for frame in frames:
         for table, row in frame.rows:
-            by_key = rows.setdefault(table, {})
-            key = tuple(row[k] for k in table.key)
+            by_key = rows.get(table)
+            if by_key is None:
+                by_key = rows[table] = {}
+            key = table.key_of(row)
             old = by_key.get(key)
             by_key[key] = row if old is None else table.merge(old, row)
     return rows
 
 
-def _run_of(table: Table, row: Row) -> Any:
-    """The run a row belongs to (``None`` for sessions)."""
-    return row["id"] if table is RUNS else row.get("run_id")
+def _places(table: Table) -> tuple[int | None, int | None]:
+    """Where a row of the table holds its run (``None`` for sessions) and its session."""
+    run = "id" if table is RUNS else None if table is SESSIONS else "run_id"
+    return (None if run is None else table.position[run]), table.position.get("session_id")
 
 
-async def _resolve_sessions(connection: asyncpg.Connection,
-                            rows: dict[Table, dict[tuple[Any, ...], Row]],
+async def _resolve_sessions(connection: asyncpg.Connection, rows: Merged,
                             quarantined: list[Quarantined]) -> dict[Any, Any]:
     """Each referenced run's session, from the batch or else the database; returns run → session.
 
@@ -231,12 +250,17 @@ async def _resolve_sessions(connection: asyncpg.Connection,
     only ``CMBAGENT_RUN_ID`` before its parent's run reached the database.
     """
     sessions: dict[Any, Any] = {}
+    referenced: set[Any] = set()
     for table, table_rows in rows.items():
-        for row in table_rows.values():
-            if row.get("session_id"):
-                sessions.setdefault(_run_of(table, row), row["session_id"])
-    referenced = {_run_of(t, row) for t, table_rows in rows.items()
-                  for row in table_rows.values()} - {None}
+        run_at, session_at = _places(table)
+        if run_at is None:
+            continue
+        runs = {row[run_at] for row in table_rows.values()}
+        referenced |= runs
+        if session_at is not None and len(sessions) < len(referenced):
+            for row in table_rows.values():
+                if row[session_at] and row[run_at] not in sessions:
+                    sessions[row[run_at]] = row[session_at]
     missing = referenced - sessions.keys()
     if missing:
         for record in await connection.fetch(_RUN_SESSIONS_SQL, list(missing)):
@@ -244,15 +268,19 @@ async def _resolve_sessions(connection: asyncpg.Connection,
     unknown = referenced - sessions.keys()
     refusals = Refusals(None)
     for table, table_rows in rows.items():
+        run_at, session_at = _places(table)
+        if run_at is None:
+            continue
         for key, row in list(table_rows.items()):
-            run = _run_of(table, row)
+            run = row[run_at]
             if run in unknown:
                 del table_rows[key]
-                refusals.add("unknown_session", f"{table.name} row of run {run}: the run is not "
-                             "stored and no session was given (set CMBAGENT_SESSION_ID with "
-                             "CMBAGENT_RUN_ID)", row)
-            elif "session_id" in row and row["session_id"] is None:
-                row["session_id"] = sessions[run]
+                refusals.add("unknown_session", f"{table.name} row of run "
+                             f"{uuid.UUID(bytes=run)}: the run is not stored and no session was "
+                             "given (set CMBAGENT_SESSION_ID with CMBAGENT_RUN_ID)",
+                             table.as_dict(row))
+            elif session_at is not None and row[session_at] is None:
+                table_rows[key] = (*row[:session_at], sessions[run], *row[session_at + 1:])
     quarantined.extend(refusals.items())
     return sessions
 
@@ -265,15 +293,43 @@ async def _write_placeholders(connection: asyncpg.Connection, sessions: dict[Any
 
 
 async def _upsert(connection: asyncpg.Connection, table: Table,
-                  rows: dict[tuple[Any, ...], Row]) -> tuple[int, int]:
-    records = [table.as_tuple(row, order) for order, row in enumerate(rows.values())]
+                  rows: list[Row]) -> tuple[int, int]:
+    """Rows merged into the table through its staging table; (rows inserted, rows written)."""
+    fill = table.with_defaults
     await connection.copy_records_to_table(
-        table.stage, records=records, columns=[*(c.name for c in table.columns), "ord"])
-    counts = await connection.fetchrow(
-        f"WITH written AS ({table.upsert_sql()}) "
-        "SELECT count(*) FILTER (WHERE inserted) AS inserted, count(*) AS total FROM written")
+        table.stage, records=[(*fill(row), order) for order, row in enumerate(rows)],
+        columns=table.stage_columns)
+    counts = await connection.fetchrow(table.upsert_sql)
     assert counts is not None
     return counts["inserted"], counts["total"]
+
+
+async def _write_events(connection: asyncpg.Connection, rows: list[Row]) -> tuple[int, int]:
+    """Events copied straight into their table, and merged through staging only when they
+    must be.
+
+    An event is written once, or as a span's start and end. The end of a span begun in an
+    earlier batch (an end without a start) merges into the stored row; every other event is
+    new unless its frame is a resend after a lost ack. So the new ones are copied in directly,
+    inside a savepoint, and only if one of them is already stored (a unique violation) is the
+    savepoint rolled back and every event merged, as for the other tables.
+    """
+    started, completed = EVENTS.position["started_at"], EVENTS.position["completed_at"]
+    ends = [row for row in rows if row[started] is None and row[completed] is not None]
+    if len(ends) == len(rows):
+        return await _upsert(connection, EVENTS, rows)
+    fresh = [row for row in rows if not (row[started] is None and row[completed] is not None)]
+    try:
+        async with connection.transaction():  # a savepoint
+            fill = EVENTS.with_defaults
+            await connection.copy_records_to_table(
+                EVENTS.name, records=[fill(row) for row in fresh], columns=EVENTS.column_names)
+    except asyncpg.UniqueViolationError:
+        return await _upsert(connection, EVENTS, rows)
+    if not ends:
+        return len(fresh), len(fresh)
+    inserted, total = await _upsert(connection, EVENTS, ends)
+    return len(fresh) + inserted, len(fresh) + total
 
 
 async def _quarantine(connection: asyncpg.Connection, items: list[Quarantined]) -> None:

@@ -11,20 +11,25 @@ from __future__ import annotations
 import functools
 import json
 import math
+import operator
 import re
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, Optional, get_args
 
-Row = dict[str, Any]
+import msgspec
+import orjson
+
+#: A row as stored: its values in its table's column order. Ids are 16-byte ``bytes`` and times
+#: integer microseconds since the epoch (the store's connections carry codecs for both), jsonb
+#: values are JSON text.
+Row = tuple[Any, ...]
 
 #: How two pieces of one row merge (see :data:`RULES`); ``key`` columns identify the row.
 Rule = Literal["key", "keep", "latest", "least", "greatest", "merge", "status"]
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 MAX_TEXT = 10_000  # names, statuses, error messages: payloads go in jsonb columns
+MAX_TIME = 5_000_000_000_000_000  # microseconds: within a century of the epoch
 
 _RANK = {"pending": 0, "running": 1}  # any other status is final and ranks 2
 
@@ -94,7 +99,7 @@ JSONB_MAX_DEPTH = 256
 @dataclass(frozen=True)
 class Column:
     name: str
-    type: str  # as declared in the migrations; jsonb is staged as text and cast on insert
+    type: str  # as declared in the migrations
     rule: Rule = "key"
     default: Any = None  # used when a merged row still has no value
     required: bool = False  # every record of the table must give it (key columns always do)
@@ -104,6 +109,10 @@ class Column:
             raise ValueError(f"column {self.name!r}: no merge rule {self.rule!r}; "
                              f"choose one of {get_args(Rule)}")
 
+    @property
+    def needed(self) -> bool:
+        return self.rule == "key" or self.required
+
     @functools.cached_property
     def prepare(self) -> Callable[[Any], Any]:
         """A value as stored, checked against this column's type: raises :class:`ColumnError`."""
@@ -112,9 +121,12 @@ class Column:
             return lambda value: check(value if isinstance(value, dict) else {"value": value})
         return check
 
-    @property
-    def stage_type(self) -> str:
-        return "text" if self.type == "jsonb" else self.type
+    @functools.cached_property
+    def wire_type(self) -> Any:
+        """The type a record's value must have on the wire (msgpack), as msgspec checks it:
+        what passes needs no other check here but text cleaning and jsonb encoding."""
+        wire = _wire_type(self.type, self.needed)
+        return wire if self.needed else Optional[wire]  # noqa: UP045 (a runtime type object)
 
 
 @dataclass(frozen=True, eq=False)  # one instance per table: identity is equality, hashing is free
@@ -131,60 +143,115 @@ class Table:
         return frozenset(c.name for c in self.columns)
 
     @functools.cached_property
+    def column_names(self) -> list[str]:
+        """The column names in row order."""
+        return [c.name for c in self.columns]
+
+    @functools.cached_property
+    def position(self) -> dict[str, int]:
+        """Each column's place in a :data:`Row`."""
+        return {c.name: i for i, c in enumerate(self.columns)}
+
+    @functools.cached_property
     def required(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.columns if c.rule == "key" or c.required)
+        return tuple(c.name for c in self.columns if c.needed)
+
+    @functools.cached_property
+    def key_of(self) -> Callable[[Row], Any]:
+        """A row's key (a value, or a tuple of values for a key of several columns)."""
+        return operator.itemgetter(*(self.position[k] for k in self.key))
 
     @property
     def stage(self) -> str:
         return f"stage_{self.name}"
 
+    def as_dict(self, row: Row) -> dict[str, Any]:
+        """A row with its column names, to quarantine or show."""
+        return dict(zip(self.column_names, row, strict=True))
+
     def merge(self, old: Row, new: Row) -> Row:
-        return {c.name: RULES[c.rule][0](old.get(c.name), new.get(c.name)) if c.rule != "key"
-                else old[c.name] for c in self.columns}
+        return tuple(RULES[c.rule][0](o, n) if c.rule != "key" else o
+                     for c, o, n in zip(self.columns, old, new, strict=True))
 
-    @functools.cached_property
-    def _checked(self) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
-        return tuple((c.name, c.prepare) for c in self.columns)
-
-    def prepare(self, row: Row) -> Row:
-        """The row as stored (jsonb encoded, text cleaned), every value checked against its
-        column's declared type; raises :class:`ColumnError` naming the column."""
-        for name, prepare in self._checked:
-            value = row.get(name)
+    def prepare(self, values: dict[str, Any]) -> Row:
+        """The row of a record's values (jsonb encoded, text cleaned), every value checked
+        against its column's declared type; raises :class:`ColumnError` naming the column."""
+        row = []
+        for column in self.columns:
+            value = values.get(column.name)
             if value is not None:
                 try:
-                    row[name] = prepare(value)
+                    value = column.prepare(value)
                 except ColumnError as exc:
-                    raise ColumnError(f"{self.name}.{name}: {exc}") from None
-        return row
+                    raise ColumnError(f"{self.name}.{column.name}: {exc}") from None
+            row.append(value)
+        return tuple(row)
 
-    def as_tuple(self, row: Row, order: int) -> tuple[Any, ...]:
-        """A prepared row as staged for COPY, defaults filled."""
-        values = []
-        for column in self.columns:
-            value = row.get(column.name)
-            values.append(column.default if value is None else value)
-        return (*values, order)
+    @functools.cached_property
+    def _texts(self) -> tuple[int, ...]:
+        return tuple(i for i, c in enumerate(self.columns) if c.type == "text")
 
+    @functools.cached_property
+    def _jsonb(self) -> tuple[tuple[int, bool], ...]:
+        return tuple((i, c.rule == "merge") for i, c in enumerate(self.columns)
+                     if c.type == "jsonb")
+
+    def finish(self, values: Sequence[Any]) -> Row:
+        """The row of values msgspec already checked against :attr:`Column.wire_type`: text
+        cleaned, jsonb encoded. Raises :class:`NotFast` for a jsonb value the fast encoder
+        does not take as :func:`jsonb_text` would (the caller then takes that path)."""
+        row = list(values)
+        for i in self._texts:
+            text = row[i]
+            if text is not None and "\x00" in text:
+                row[i] = clean_text(text)
+        for i, wrap in self._jsonb:
+            value = row[i]
+            if value is not None:
+                row[i] = fast_jsonb_text({"value": value} if wrap and type(value) is not dict
+                                         else value)
+        return tuple(row)
+
+    @functools.cached_property
+    def _defaults(self) -> tuple[tuple[int, Any], ...]:
+        return tuple((i, c.default) for i, c in enumerate(self.columns) if c.default is not None)
+
+    def with_defaults(self, row: Row) -> Row:
+        """The row with each empty column that has a default filled (after merging, so that a
+        default never wins over a value another piece of the row brings)."""
+        filled: list[Any] | None = None
+        for i, default in self._defaults:
+            if row[i] is None:
+                if filled is None:
+                    filled = list(row)
+                filled[i] = default
+        return row if filled is None else tuple(filled)
+
+    @functools.cached_property
     def create_stage_sql(self) -> str:
-        cols = ", ".join(f'"{c.name}" {c.stage_type}' for c in self.columns)
+        cols = ", ".join(f'"{c.name}" {c.type}' for c in self.columns)
         return (f"CREATE TEMP TABLE IF NOT EXISTS {self.stage} ({cols}, ord integer) "
                 "ON COMMIT DELETE ROWS")
 
+    @functools.cached_property
     def upsert_sql(self) -> str:
-        names = ", ".join(f'"{c.name}"' for c in self.columns)
-        values = ", ".join(f'"{c.name}"::jsonb' if c.type == "jsonb" else f'"{c.name}"'
-                           for c in self.columns)
+        """Staged rows into the table, merged by the rules; answers how many were new."""
+        names = ", ".join(f'"{name}"' for name in self.column_names)
         updates = ", ".join(
             f'"{c.name}" = ' + RULES[c.rule][1].format(c=f'"{c.name}"')
             for c in self.columns if c.rule != "key"
         )
         key = ", ".join(f'"{k}"' for k in self.key)
         return (
-            f"INSERT INTO {self.name} AS t ({names}) "
-            f"SELECT {values} FROM {self.stage} ORDER BY ord "
-            f"ON CONFLICT ({key}) DO UPDATE SET {updates} RETURNING (xmax = 0) AS inserted"
+            f"WITH written AS (INSERT INTO {self.name} AS t ({names}) "
+            f"SELECT {names} FROM {self.stage} ORDER BY ord "
+            f"ON CONFLICT ({key}) DO UPDATE SET {updates} RETURNING (xmax = 0) AS inserted) "
+            "SELECT count(*) FILTER (WHERE inserted) AS inserted, count(*) AS total FROM written"
         )
+
+    @functools.cached_property
+    def stage_columns(self) -> list[str]:
+        return [*self.column_names, "ord"]
 
 
 _EMPTY = "{}"
@@ -195,13 +262,52 @@ def clean_text(value: str) -> str:
     return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
 
+class NotFast(ValueError):
+    """A jsonb value for :func:`jsonb_text`'s careful path (orjson refuses it, or would write
+    it differently: NaN, NUL)."""
+
+
+def fast_jsonb_text(value: Any) -> str:
+    """:func:`jsonb_text` for the common value, in C (orjson); raises :class:`NotFast` for
+    any other. orjson refuses what is nested 255 levels deep (below :data:`JSONB_MAX_DEPTH`),
+    integers beyond 64 bits, keys that are not text and values JSON has no type for."""
+    try:
+        text = orjson.dumps(value, option=orjson.OPT_PASSTHROUGH_DATETIME)
+    except TypeError:  # orjson.JSONEncodeError
+        raise NotFast from None
+    # orjson writes NaN and infinities as null; and PostgreSQL's jsonb holds no NUL.
+    if b"\\u0000" in text or (b"null" in text and _has_non_finite(value)):
+        raise NotFast
+    return text.decode()
+
+
+def _has_non_finite(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 # One encoder for every call: ``json.dumps`` with options builds a new one each time.
 _encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
 
 def jsonb_text(value: Any) -> str:
     """JSON text PostgreSQL's jsonb accepts: no NUL (not even escaped), no NaN, text keys, at
-    most :data:`JSONB_MAX_DEPTH` levels deep; raises :class:`ColumnError` otherwise."""
+    most :data:`JSONB_MAX_DEPTH` levels deep; raises :class:`ColumnError` otherwise.
+
+    orjson first; what it refuses or would write differently (integers beyond 64 bits, keys
+    that are not text, NaN, ...) takes Python's encoder, which writes anything as text."""
+    try:
+        return fast_jsonb_text(value)
+    except NotFast:
+        pass
     try:
         try:
             text = _encode(value)
@@ -236,14 +342,20 @@ _INTEGER_BITS = {"smallint": 16, "integer": 32, "bigint": 64}
 _NUMERIC = re.compile(r"numeric\((\d+), *(\d+)\)")
 
 
+def _number_bound(declared: str) -> float | None:
+    if declared in ("float8", "double precision"):
+        return math.inf
+    if numeric := _NUMERIC.fullmatch(declared):
+        precision, scale = map(int, numeric.groups())
+        return 10.0 ** (precision - scale)
+    return None
+
+
 def _checker(declared: str) -> Callable[[Any], Any]:
     if declared in _INTEGER_BITS:
         return functools.partial(_check_integer, 1 << (_INTEGER_BITS[declared] - 1), declared)
-    if declared in ("float8", "double precision"):
-        return functools.partial(_check_number, math.inf, declared)
-    if numeric := _NUMERIC.fullmatch(declared):
-        precision, scale = map(int, numeric.groups())
-        return functools.partial(_check_number, 10.0 ** (precision - scale), declared)
+    if (bound := _number_bound(declared)) is not None:
+        return functools.partial(_check_number, bound, declared)
     if declared == "text":
         return _check_text
     if declared == "jsonb":
@@ -253,6 +365,25 @@ def _checker(declared: str) -> Callable[[Any], Any]:
     if declared == "timestamptz":
         return _check_time
     raise ValueError(f"no check for the column type {declared!r}: add one to tables.py")
+
+
+def _wire_type(declared: str, needed: bool) -> Any:
+    """The msgspec type of :func:`_checker`'s accepted values, strictly: what a check would
+    change (text to clean or cut) or what it would refuse fails msgspec's validation."""
+    if declared in _INTEGER_BITS:
+        bound = 1 << (_INTEGER_BITS[declared] - 1)
+        return Annotated[int, msgspec.Meta(ge=-bound, le=bound - 1)]
+    if (limit := _number_bound(declared)) is not None:
+        return Annotated[float, msgspec.Meta(gt=-limit, lt=limit)]
+    if declared == "text":  # a required text may not be empty
+        return Annotated[str, msgspec.Meta(min_length=int(needed), max_length=MAX_TEXT)]
+    if declared == "jsonb":
+        return Any
+    if declared == "uuid":
+        return Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
+    if declared == "timestamptz":
+        return Annotated[int, msgspec.Meta(gt=0, lt=MAX_TIME)]
+    raise ValueError(f"no wire type for the column type {declared!r}: add one to tables.py")
 
 
 def _check_integer(bound: int, declared: str, value: Any) -> int:
@@ -278,18 +409,17 @@ def _check_text(value: Any) -> str:
     return clean_text(value)[:MAX_TEXT]
 
 
-def _check_uuid(value: Any) -> uuid.UUID:
+def _check_uuid(value: Any) -> bytes:
     if not isinstance(value, bytes) or len(value) != 16:
         raise ColumnError(f"an id is 16 bytes, not {value!r}"[:200])
-    return uuid.UUID(bytes=value)
+    return value
 
 
-def _check_time(value: Any) -> datetime:
+def _check_time(value: Any) -> int:
     # Within a century of the epoch's microseconds: anything else is a unit mix-up.
-    if (isinstance(value, bool) or not isinstance(value, int)
-            or not 0 < value < 5_000_000_000_000_000):
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < MAX_TIME:
         raise ColumnError(f"a time is integer microseconds since the epoch, not {value!r}"[:200])
-    return EPOCH + timedelta(microseconds=value)
+    return value
 
 
 def _jsonable(value: Any) -> Any:
@@ -304,6 +434,7 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float)):
         return value
     return str(value)
+
 
 SESSIONS = Table("sessions", (
     Column("id", "uuid"),

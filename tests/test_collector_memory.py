@@ -149,7 +149,8 @@ def test_metrics_remember_a_bounded_number_of_drop_reporters() -> None:
 
     def report(count: int) -> None:
         for i in range(count):
-            row = {"run_id": uuid.uuid4(), "sender": "s", "reason": f"made-up-{i}", "count": 2}
+            row = DROPS.prepare({"run_id": uuid.uuid4().bytes, "sender": "s",
+                                 "reason": f"made-up-{i}", "count": 2})
             metrics.decoded(Decoded(b"peer", new_id(), [(DROPS, row)]))
 
     tracemalloc.start()

@@ -237,7 +237,8 @@ def test_a_local_encoding_error_is_a_data_error_not_a_stall(database: str) -> No
     """A value the checks let through by mistake fails while the batch is encoded here."""
     run, frame = _events_frame(1_000, bad=set())
     row = next(r for t, r in frame.rows if t is EVENTS)
-    frame.rows.append((EVENTS, {**row, "id": uuid.uuid4(), "depth": 2**40}))  # unchecked
+    unchecked = {**EVENTS.as_dict(row), "id": new_id(), "depth": 2**40}  # past integer's range
+    frame.rows.append((EVENTS, tuple(unchecked.values())))
 
     result = _write(database, [frame])
 
