@@ -174,8 +174,9 @@ def _record_type(kind: str, table: Table) -> type[msgspec.Struct]:
     column's :attr:`~collector.tables.Column.wire_type`; ``k`` is the tag."""
     fields = [(c.name, c.wire_type) if c.needed else (c.name, c.wire_type, None)
               for c in table.columns]
+    # gc=False: decoded msgpack holds no reference cycles, so the collector need not track them.
     return msgspec.defstruct(f"{kind}_record", fields, kw_only=True, tag_field="k", tag=kind,
-                             forbid_unknown_fields=True)
+                             forbid_unknown_fields=True, gc=False)
 
 
 _TABLE_OF: dict[type[msgspec.Struct], Table] = {
