@@ -49,6 +49,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
+from . import activate
 from .context import CURRENT, Scope
 from .tracker import Span
 from .workflow import (
@@ -113,8 +114,6 @@ def _never_raises(method: F) -> F:
 def tracking_callbacks(tracker: Any = None, max_redos: int = 2) -> CMBAgentTracking:
     """The CMBAgent adapter, recording into ``tracker`` (default: ``agent_shim.activate()``)."""
     if tracker is None:
-        from . import activate
-
         tracker = activate()
     if isinstance(max_redos, bool) or not isinstance(max_redos, int) or max_redos < 0:
         raise ValueError(f"max_redos must be a non-negative integer, not {max_redos!r}")

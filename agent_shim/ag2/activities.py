@@ -11,7 +11,7 @@ from typing import Any
 
 from .handoff import TRANSFER_PREFIX, decided_by
 from .propagation import ToolCallOrigins
-from .wrapping import CALLER, Activity, Args, End, Kwargs, Start
+from .wrapping import Activity, Args, End, Kwargs, Start, caller
 
 # --- small readers -------------------------------------------------------------------------
 
@@ -139,9 +139,10 @@ class ToolCall(Activity):
         func_call = arg(args, kwargs, 1, "func_call") or {}
         call_id = arg(args, kwargs, 2, "call_id")
         name = func_call.get("name") if isinstance(func_call, dict) else None
-        caller = CALLER.get()
+        agent_call = caller()
         asked_by = self.origins.take(call_id) or (
-            name_of(caller[1]) if caller is not None and caller[0] is executor else None
+            name_of(agent_call[1]) if agent_call is not None and agent_call[0] is executor
+            else None
         )
         handoff = isinstance(name, str) and name.startswith(TRANSFER_PREFIX)
         inputs = {"name": name, "call_id": call_id,
@@ -176,8 +177,8 @@ class CodeExecution(Activity):
     def begin(self, args: Args, kwargs: Kwargs) -> Start:
         executor = args[0]
         blocks = arg(args, kwargs, 1, "code_blocks") or []
-        caller = CALLER.get()
-        agent = caller[0] if caller is not None else None
+        agent_call = caller()
+        agent = agent_call[0] if agent_call is not None else None
         inputs = {"blocks": [{"language": getattr(b, "language", None),
                               "code": getattr(b, "code", b)} for b in blocks]}
         return Start(agent_name=name_of(agent), inputs=inputs,
