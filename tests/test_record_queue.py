@@ -16,18 +16,20 @@ def record(payload_bytes: int, meta_bytes: int = 0) -> dict[str, Any]:
 
 def test_a_record_past_the_byte_bound_is_refused_and_the_queue_is_unchanged() -> None:
     queue = RecordQueue(max_records=100, max_bytes=1_000)
-    assert queue.put(record(600, 100)) == 0  # bytes queued before it
-    assert queue.put(record(250)) == 700
-    assert queue.put(record(51)) is None  # 950 + 51 > 1,000: not queued
-    assert len(queue) == 2 and queue.payload_bytes() == 950
-    assert queue.put(record(50)) == 950  # exactly at the bound fits
-    assert queue.put(record(0)) == 1_000  # no payload: only the record bound applies
+    assert queue.put(record(400, 100)) is False  # 500 bytes: half, not past it
+    assert queue.put(record(250)) is True  # 750 > 500: past half, time to spill
+    assert queue.put(record(251)) is None  # 750 + 251 > 1,000: not queued
+    assert len(queue) == 2 and queue.payload_bytes() == 750
+    assert queue.put(record(250)) is True  # exactly at the bound fits
+    assert queue.put(record(0)) is True  # no payload: only the record bound applies
+    assert queue.payload_bytes() == 1_000
 
 
 def test_a_record_past_the_record_bound_is_refused() -> None:
-    queue = RecordQueue(max_records=3, max_bytes=10**6)
-    assert [queue.put(record(1)) for _ in range(4)] == [0, 1, 2, None]
-    assert len(queue) == 3
+    # Half of 4 records is 2: the third is past half, the fifth does not fit.
+    queue = RecordQueue(max_records=4, max_bytes=10**6)
+    assert [queue.put(record(1)) for _ in range(5)] == [False, False, True, True, None]
+    assert len(queue) == 4
 
 
 def test_taking_frees_the_bytes_and_past_half_says_when_to_spill() -> None:
@@ -52,4 +54,4 @@ def test_an_empty_queue_starts_its_byte_count_over() -> None:
     queue.take()
     assert queue.payload_bytes() == -100
     queue.recount()
-    assert queue.payload_bytes() == 0 and queue.put(record(1_000)) == 0
+    assert queue.payload_bytes() == 0 and queue.put(record(1_000)) is True

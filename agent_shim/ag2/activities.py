@@ -37,19 +37,20 @@ _ROLE_NAMES = {
 _role_by_class: dict[type, str | None] = {}
 
 
-def role_of(agent: Any) -> str | None:
-    """The part an agent AG2 creates for itself plays, or ``None`` for the program's agents."""
+def role_of(agent: Any, name: str | None = None) -> str | None:
+    """The part an agent AG2 creates for itself plays, or ``None`` for the program's agents
+    (``name``: the agent's, when the caller has it already)."""
     cls = type(agent)
     if cls not in _role_by_class:
         _role_by_class[cls] = next(
             (_ROLE_CLASSES[c.__name__] for c in cls.__mro__ if c.__name__ in _ROLE_CLASSES), None
         )
-    return _role_by_class[cls] or _ROLE_NAMES.get(name_of(agent) or "")
+    return _role_by_class[cls] or _ROLE_NAMES.get(name or name_of(agent) or "")
 
 
-def agent_meta(agent: Any) -> dict[str, Any]:
+def agent_meta(agent: Any, name: str | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {"class": type(agent).__name__}
-    role = role_of(agent)
+    role = role_of(agent, name)
     if role is not None:
         meta["internal"] = True
         meta["role"] = role
@@ -85,8 +86,9 @@ class AgentCall(Activity):
             messages = getattr(agent, "_oai_messages", {}).get(sender)
         inputs = {"sender": name_of(sender), "message": last_of(messages),
                   "messages": len(messages) if isinstance(messages, list) else None}
-        return Start(agent_name=name_of(agent), inputs=inputs, meta=agent_meta(agent),
-                     owner=agent, sender=sender)
+        name = name_of(agent)
+        return Start(agent_name=name, inputs=inputs, meta=agent_meta(agent, name), owner=agent,
+                     sender=sender)
 
     def end(self, result: Any, start: Start) -> End:
         return End(outputs={"reply": text(result)})

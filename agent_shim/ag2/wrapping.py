@@ -41,6 +41,7 @@ class Innermost(NamedTuple):
 
 
 INNERMOST: ContextVar[Innermost | None] = ContextVar("cmbagent_ag2_innermost", default=None)
+_new = tuple.__new__  # makes an Innermost in half the time its generated ``__new__`` takes
 
 
 def caller() -> tuple[Any, Any] | None:
@@ -208,7 +209,7 @@ class Call:
             if start.owner is not None:
                 caller = (start.owner, start.sender)
                 runtime.agent_scopes.push(self, start.owner, inner)
-        self.innermost = INNERMOST.set(Innermost(hook, self_id, caller))
+        self.innermost = INNERMOST.set(_new(Innermost, (hook, self_id, caller)))
 
     def close(self, result: Any, exc: BaseException | None) -> None:
         """End the call with its result or exception. Never raises."""
