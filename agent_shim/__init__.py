@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 if TYPE_CHECKING:
     from .config import ShimSettings
-    from .tracker import DisabledTracker, Tracker
+    from .disabled import DisabledTracker
+    from .tracker import Tracker
 
     AnyTracker: TypeAlias = Tracker | DisabledTracker
 
@@ -37,12 +38,13 @@ def activate(settings: ShimSettings | None = None) -> AnyTracker:
 
 
 def _create(settings: ShimSettings) -> AnyTracker:
-    from .tracker import DisabledTracker, Tracker
-
     if not settings.enabled:
+        from .disabled import DisabledTracker
+
         return DisabledTracker()
     from . import lifecycle
     from .sender import Sender
+    from .tracker import Tracker
 
     tracker = Tracker(settings, Sender(settings))
     lifecycle.watch(tracker)
@@ -61,10 +63,14 @@ def _forget_in_child(tracker: Tracker) -> None:
 
 def __getattr__(name: str) -> Any:
     """The public classes, imported when first asked for."""
-    if name in ("Tracker", "DisabledTracker"):
-        from . import tracker
+    if name == "Tracker":
+        from .tracker import Tracker
 
-        return getattr(tracker, name)
+        return Tracker
+    if name == "DisabledTracker":
+        from .disabled import DisabledTracker
+
+        return DisabledTracker
     if name == "ShimSettings":
         from .config import ShimSettings
 

@@ -49,6 +49,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
+from . import activate
 from .context import CURRENT, Scope
 from .tracker import Span
 from .workflow import (
@@ -59,7 +60,6 @@ from .workflow import (
     RunScope,
     WorkflowError,
     check_redo_allowed,
-    graph_for,
 )
 
 __all__ = ["tracking_callbacks", "CMBAgentTracking", "CALLBACKS", "MaxRedosExceeded",
@@ -114,14 +114,22 @@ def _never_raises(method: F) -> F:
 def tracking_callbacks(tracker: Any = None, max_redos: int = 2) -> CMBAgentTracking:
     """The CMBAgent adapter, recording into ``tracker`` (default: ``agent_shim.activate()``)."""
     if tracker is None:
-        from . import activate
-
         tracker = activate()
     if isinstance(max_redos, bool) or not isinstance(max_redos, int) or max_redos < 0:
         raise ValueError(f"max_redos must be a non-negative integer, not {max_redos!r}")
-    from .cmbagent_capture import records_structure
+    return CMBAgentTracking(tracker, max_redos, records_structure=not _structure_captured)
 
-    return CMBAgentTracking(tracker, max_redos, records_structure=not records_structure())
+
+#: Whether the zero-code capture (:mod:`agent_shim.cmbagent_capture`) records CMBAgent's phases
+#: and steps in this process; it says so when it installs its hooks.
+_structure_captured = False
+
+
+def structure_captured() -> None:
+    """From now on the zero-code capture records the structure: a ``tracking_callbacks()``
+    records CMBAgent's reports only, so nothing is recorded twice."""
+    global _structure_captured
+    _structure_captured = True
 
 
 def _status(info: Any) -> str | None:
@@ -370,7 +378,7 @@ class CMBAgentTracking:
     def _workflow(self) -> Graph:
         if self._graph is None:
             self._outer = CURRENT.get()
-            self._bind(graph_for(self.tracker, self.tracker.scope()))
+            self._bind(self.tracker.graphs.of(self.tracker.scope()))
         assert self._graph is not None
         return self._graph
 

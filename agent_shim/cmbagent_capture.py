@@ -42,6 +42,7 @@ from contextvars import ContextVar
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
+from . import activate, cmbagent
 from .cmbagent import CMBAgentTracking
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,6 @@ def install(module: ModuleType, tracker: Any = None) -> str | None:
     off."""
     global _installed
     if tracker is None:
-        from . import activate
-
         tracker = activate()
     if not tracker.enabled or _installed is not None:
         return _installed
@@ -94,6 +93,8 @@ def install(module: ModuleType, tracker: Any = None) -> str | None:
                     "activity is captured, its phases and steps are not",
                     getattr(module, "__version__", "unknown"))
     _installed = kind
+    if records_structure():
+        cmbagent.structure_captured()
     return kind
 
 

@@ -1,11 +1,14 @@
 """The sender's engine: one bounded queue, one daemon thread, explicit flush and shutdown.
 
-Callers only append to the queue (and, when the thread sleeps or the queue passes half its byte
-bound, write one byte to wake it). The thread owns the rest: :mod:`.framing` cleans and packs
-records into frames, :mod:`.delivery` sends them (over :mod:`.transport`'s DEALER socket) and
-keeps every frame until the collector acknowledges it after its database commit. Every record
-handed over ends in one of three places: the database, the spool (delivered by a later
-process), or a drop count that travels in frame headers to its stored run:
+Callers only append to the queue (and, when the thread sleeps until woken or the queue passes
+half its byte bound, write one byte to wake it). While records keep coming the thread looks for
+them every ``flush_interval`` on its own: a wake is a system call that hands the GIL to the
+thread, which a busy program would pay for again and again. The thread owns the rest:
+:mod:`.framing` cleans and packs records into frames, :mod:`.delivery` sends them (over
+:mod:`.transport`'s DEALER socket) and keeps every frame until the collector acknowledges it
+after its database commit. Every record handed over ends in one of three places: the
+database, the spool (delivered by a later process), or a drop count that travels in frame
+headers to its stored run:
 
 - a window of frames in flight, each sent again until acknowledged, refused, or ignored while
   others are acknowledged (:mod:`.delivery`);
@@ -46,6 +49,9 @@ log = logging.getLogger(__name__)
 _CLEAN_BYTES_PER_SECOND = 10 * 1024 * 1024
 _SPOOL_BYTES_PER_SECOND = 40 * 1024 * 1024
 _SPOOL_SECONDS = 0.1
+#: How long after the last record the thread keeps looking for new ones every ``flush_interval``
+#: before it sleeps until a caller wakes it.
+_LINGER_SECONDS = 1.0
 
 
 class Mode(enum.Enum):
@@ -70,7 +76,7 @@ class RecordQueue:
     """
 
     def __init__(self, max_records: int, max_bytes: int) -> None:
-        self._records: deque[Record] = deque()
+        self._records: deque[tuple[Record, int]] = deque()  # with its payload bytes
         self._max_records = max_records
         self._max_bytes = max_bytes
         self._half_records = max_records // 2
@@ -81,22 +87,23 @@ class RecordQueue:
     def __len__(self) -> int:
         return len(self._records)
 
-    def put(self, record: Record) -> int | None:
-        """Append a record; returns the payload bytes queued before it, or ``None`` if it does
-        not fit (it is not queued)."""
+    def put(self, record: Record) -> bool | None:
+        """Append a record; returns whether the queue is now past half its bounds (time for
+        the thread to spill), or ``None`` if the record does not fit (it is not queued)."""
         size = payload_bytes(record)
-        queued = self._bytes_in - self._bytes_out
-        if len(self._records) >= self._max_records or queued + size > self._max_bytes:
+        queued = self._bytes_in - self._bytes_out + size
+        count = len(self._records)
+        if count >= self._max_records or queued > self._max_bytes:
             return None
         self._bytes_in += size
-        self._records.append(record)
-        return queued
+        self._records.append((record, size))
+        return count >= self._half_records or queued > self.half_bytes
 
     def take(self) -> Record | None:
         if not self._records:
             return None
-        record = self._records.popleft()
-        self._bytes_out += payload_bytes(record)
+        record, size = self._records.popleft()  # its size is counted once, by the caller
+        self._bytes_out += size
         return record
 
     def take_all(self) -> list[Record]:
@@ -133,11 +140,11 @@ class Sender:
         self.settings = settings
         self.mode = Mode.OPEN
         self._queue = RecordQueue(settings.queue_size, settings.queue_max_bytes)
-        self._spill_bytes = self._queue.half_bytes
         self._drops = DropCounts()
         self._lock = threading.Lock()  # flush requests, starting the thread
         self._requests: list[_FlushRequest] = []
-        self._idle = True  # the thread sleeps on an empty queue: a submit must wake it
+        self._idle = True  # the thread sleeps until woken: a submit must wake it
+        self._active_until = 0.0  # the thread looks for records on its own until then
         self._stop_at: float | None = None
         self._thread: threading.Thread | None = None
         self._finished = threading.Event()
@@ -161,10 +168,10 @@ class Sender:
         if mode is _CLOSING:
             self._drops.count_record(record, "after_shutdown")
             return
-        queued = self._queue.put(record)
-        if queued is None:
+        past_half = self._queue.put(record)
+        if past_half is None:
             self._drops.count_record(record, "queue_full")
-        elif mode is _OPEN and (self._idle or queued > self._spill_bytes):
+        elif mode is _OPEN and (self._idle or past_half):
             self._wake()
 
     def flush(self, timeout: float) -> bool:
@@ -228,8 +235,9 @@ class Sender:
             for item in (transport.socket, transport.monitor, self._wake_r):
                 poller.register(item, zmq.POLLIN)
             while self._stop_at is None:
-                self._idle = not len(self._queue)
-                self._on_ready(dict(poller.poll(self._poll_timeout_ms())), transport)
+                ready = dict(poller.poll(self._poll_timeout_ms()))
+                self._idle = False
+                self._on_ready(ready, transport)
                 self._serve_flushes()
                 self._pump()
             self._finish(transport, poller)
@@ -256,7 +264,23 @@ class Sender:
         self._delivery.spool_pending(self._queue, None)
 
     def _poll_timeout_ms(self) -> int | None:
+        """How long the thread may wait for the socket, a wake or a timer. With nothing queued:
+        at most ``flush_interval`` while records came lately, else as long as it likes, marked
+        idle so that the next submit wakes it."""
         now = time.monotonic()
+        # Only this thread takes records: a queue seen holding some holds them until it pumps.
+        if len(self._queue) or self._requests:
+            self._active_until = now + _LINGER_SECONDS
+            return self._timeout_ms(now)
+        timeout = self._timeout_ms(now)
+        if now < self._active_until:
+            interval = int(self.settings.flush_interval * 1000)
+            return interval if timeout is None else min(timeout, interval)
+        self._idle = True
+        # A record queued before ``_idle`` was set did not wake the thread: look again now.
+        return 0 if len(self._queue) else timeout
+
+    def _timeout_ms(self, now: float) -> int | None:
         if any(request.upto is None for request in self._requests):
             return 0  # a new flush: drain the queue now
         if len(self._queue):

@@ -1,291 +1,37 @@
-"""The tracker: builds records on the caller's thread and hands them to a sink.
+"""The tracker: the recorder (:mod:`agent_shim.recorder`) with workflow runs
+(:mod:`agent_shim.workflow`), what :func:`agent_shim.activate` returns with capture on.
 
-The hot path is: read the current scope, build a small dict, snapshot the payloads, append to
-the sink's queue. No lock, no I/O, no exception into the caller.
+The types of its API are importable from here too, with :class:`DisabledTracker` (capture off).
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-from contextvars import Token
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
-from . import records
 from .config import ShimSettings
-from .context import CURRENT, Scope
-from .payload import describe_error
-from .records import Record
-from .wire import new_id
-from .workflow import DISABLED_RUN, DisabledRun, close_graph, node_for_agent
+from .disabled import DisabledTracker
+from .recorder import Recorder, Sink, Span, SpanScope
+from .workflow import Graphs, RunScope
 
-if TYPE_CHECKING:
-    from .workflow import RunScope
-
-log = logging.getLogger(__name__)
+__all__ = ["Tracker", "DisabledTracker", "Sink", "Span", "SpanScope"]
 
 
-class Sink(Protocol):
-    """Where records go: the ZeroMQ sender in production, a list in tests."""
-
-    def submit(self, record: Record) -> None: ...
-    def flush(self, timeout: float) -> bool: ...
-    def shutdown(self, timeout: float) -> bool: ...
-    def forked(self) -> Sink: ...
-
-
-class Span:
-    """An open span; ``inner`` is the scope of everything that happens inside it."""
-
-    __slots__ = ("id", "scope", "event_type", "agent_name")
-
-    def __init__(self, span_id: bytes, scope: Scope, event_type: str, agent_name: str | None):
-        self.id = span_id
-        self.scope = scope
-        self.event_type = event_type
-        self.agent_name = agent_name
-
-    @property
-    def inner(self) -> Scope:
-        return self.scope.child(self.id)
-
-
-class Tracker:
+class Tracker(Recorder):
     """The process's tracker (see :func:`agent_shim.activate`)."""
 
-    enabled = True
-
     def __init__(self, settings: ShimSettings, sink: Sink) -> None:
-        self.settings = settings
-        self._sink = sink
-        self._submit = sink.submit
-        self._process_scope: Scope | None = None
-        self._process_run_owned = False
-        self._process_session_owned = False
-        self._lock = threading.Lock()
-
-    # --- where events go ------------------------------------------------------------------
-
-    def scope(self) -> Scope:
-        """The current scope; outside any run, the process's implicit run."""
-        return CURRENT.get() or self._process_scope or self._open_process_run()
-
-    def _open_process_run(self) -> Scope:
-        with self._lock:
-            if self._process_scope is None:
-                settings = self.settings
-                if settings.run_id is not None:  # a worker attached to its parent's run
-                    scope = Scope(run=settings.run_id, session=settings.session_id)
-                else:
-                    session = settings.session_id or self.open_session(name="implicit")
-                    scope = Scope(run=new_id(), session=session)
-                    self._submit(records.run_start(scope, task=None, meta={"implicit": True}))
-                    self._process_run_owned = True
-                    self._process_session_owned = settings.session_id is None
-                self._process_scope = scope
-            return self._process_scope
-
-    def _where(self, scope: Scope | None, agent_name: str | None) -> Scope:
-        """Where an event goes: the given or current scope; inside a phase or step, the
-        sub-agent node of the agent it names."""
-        scope = scope or self.scope()
-        if agent_name is not None and scope.node is not None:
-            scope = node_for_agent(scope, agent_name)
-        return scope
-
-    def open_session(self, name: str | None = None, meta: dict[str, Any] | None = None) -> bytes:
-        """Record a new session and return its id."""
-        session_id = new_id()
-        self._submit(records.session(session_id, name=name, status="active", meta=meta))
-        return session_id
-
-    def end_session(self, session_id: bytes, status: str) -> None:
-        """Record that a session this process opened has ended (``completed`` or ``failed``)."""
-        self._submit(records.session(session_id, name=None, status=status))
-
-    # --- events and spans -----------------------------------------------------------------
-
-    def event(
-        self,
-        event_type: str,
-        *,
-        subtype: str | None = None,
-        agent_name: str | None = None,
-        status: str = "completed",
-        inputs: Any = None,
-        outputs: Any = None,
-        meta: Any = None,
-        error: str | None = None,
-        scope: Scope | None = None,
-    ) -> bytes:
-        """Record one point event in the current run/node; returns its id."""
-        scope = self._where(scope, agent_name)
-        event_id = new_id()
-        self._submit(records.event(
-            scope, event_id, event_type, subtype=subtype, agent_name=agent_name, status=status,
-            inputs=inputs, outputs=outputs, meta=meta, error=error))
-        return event_id
-
-    def start_span(
-        self,
-        event_type: str,
-        *,
-        subtype: str | None = None,
-        agent_name: str | None = None,
-        inputs: Any = None,
-        meta: Any = None,
-        scope: Scope | None = None,
-    ) -> Span:
-        """Open a span (recorded at once as ``running``); the caller must :meth:`end_span` it."""
-        scope = self._where(scope, agent_name)
-        span = Span(new_id(), scope, event_type, agent_name)
-        self._submit(records.span_start(scope, span.id, event_type, subtype=subtype,
-                                        agent_name=agent_name, inputs=inputs, meta=meta))
-        return span
-
-    def end_span(
-        self,
-        span: Span,
-        *,
-        status: str = "completed",
-        outputs: Any = None,
-        error: str | None = None,
-        meta: Any = None,
-        subtype: str | None = None,
-    ) -> None:
-        """Close a span; ``meta`` is merged into what the start recorded."""
-        self._submit(records.span_end(span.scope, span.id, span.event_type, subtype=subtype,
-                                      status=status, outputs=outputs, meta=meta, error=error))
-
-    def span(self, event_type: str, **fields: Any) -> SpanScope:
-        """``with``/``async with`` a span that is the parent of everything inside it."""
-        return SpanScope(self, event_type, fields)
-
-    def cost(
-        self,
-        *,
-        model: str | None,
-        agent_name: str | None = None,
-        prompt_tokens: int | None = None,
-        completion_tokens: int | None = None,
-        total_tokens: int | None = None,
-        cost_usd: float | None = None,
-        event_id: bytes | None = None,
-        scope: Scope | None = None,
-    ) -> None:
-        """Record one LLM call's usage into ``cost_records``."""
-        scope = self._where(scope, agent_name)
-        self._submit(records.cost(
-            scope, model=model, agent_name=agent_name, prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens, total_tokens=total_tokens, cost_usd=cost_usd,
-            event_id=event_id))
-
-    def record(self, record: Record) -> None:
-        """Submit a prepared record (the workflow model's nodes and edges)."""
-        self._submit(record)
+        super().__init__(settings, sink)
+        #: The workflow graphs of this tracker's runs (``tracker.run``, the CMBAgent adapter).
+        self.graphs = Graphs(self)
 
     def run(self, task: str | None = None, **meta: Any) -> RunScope:
         """``with``/``async with`` one workflow run (one session, one run; see ``workflow``)."""
-        from .workflow import RunScope
-
-        return RunScope(self, task, meta)
-
-    # --- delivery -------------------------------------------------------------------------
-
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything emitted so far is committed; ``False`` if the timeout passed."""
-        return self._sink.flush(timeout)
-
-    def after_fork(self) -> None:
-        """In a forked child: a fresh sink; the parent's implicit run stays the parent's to
-        close."""
-        self._lock = threading.Lock()
-        self._process_run_owned = self._process_session_owned = False
-        self._sink = self._sink.forked()
-        self._submit = self._sink.submit
+        return RunScope(self.graphs, task, meta)
 
     def shutdown(self, timeout: float | None = None) -> bool:
         """Close the implicit run (the workflow nodes still open in it, then the run and the
         session it opened), deliver what is pending within ``timeout``, spool the rest."""
-        with self._lock:
-            scope = self._process_scope
-            run_owned, session_owned = self._process_run_owned, self._process_session_owned
-            self._process_run_owned = self._process_session_owned = False
-        if scope is not None:
-            close_graph(scope.run, "completed")
-            if run_owned:
-                self._submit(records.run_end(scope, "completed", None))
-            if session_owned and scope.session is not None:
-                self.end_session(scope.session, "completed")
-        return self._sink.shutdown(self.settings.exit_timeout if timeout is None else timeout)
-
-
-class SpanScope:
-    """A span as a context manager: the current scope inside, ``failed`` on an exception."""
-
-    __slots__ = ("_tracker", "_event_type", "_fields", "_token", "span")
-
-    def __init__(self, tracker: Tracker, event_type: str, fields: dict[str, Any]) -> None:
-        self._tracker = tracker
-        self._event_type = event_type
-        self._fields = fields
-        self._token: Token[Scope | None] | None = None
-        self.span: Span | None = None
-
-    def __enter__(self) -> Span:
-        self.span = self._tracker.start_span(self._event_type, **self._fields)
-        self._token = CURRENT.set(self.span.inner)
-        return self.span
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if self._token is not None:
-            CURRENT.reset(self._token)
-        if self.span is not None:
-            failed = exc is not None
-            self._tracker.end_span(self.span, status="failed" if failed else "completed",
-                                   error=describe_error(exc) if exc is not None else None)
-
-    async def __aenter__(self) -> Span:
-        return self.__enter__()
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        self.__exit__(exc_type, exc, tb)
-
-
-class DisabledTracker:
-    """Capture off: every call is a no-op, and nothing was started to get here."""
-
-    enabled = False
-
-    def scope(self) -> None:
-        return None
-
-    def event(self, event_type: str, **fields: Any) -> None:
-        return None
-
-    def start_span(self, event_type: str, **fields: Any) -> None:
-        return None
-
-    def end_span(self, span: Any, **fields: Any) -> None:
-        return None
-
-    def span(self, event_type: str, **fields: Any) -> DisabledRun:
-        return DISABLED_RUN  # a no-op block whose ``id`` is None, like a disabled run
-
-    def cost(self, **fields: Any) -> None:
-        return None
-
-    def record(self, record: Record) -> None:
-        return None
-
-    def run(self, task: str | None = None, **meta: Any) -> DisabledRun:
-        return DISABLED_RUN
-
-    def flush(self, timeout: float = 10.0) -> bool:
-        return True
-
-    def shutdown(self, timeout: float | None = None) -> bool:
-        return True
+        run = self.process_run
+        if run is not None:
+            self.graphs.close(run, "completed")
+        return super().shutdown(timeout)

@@ -13,8 +13,10 @@ Every phase and step is also a span (``event_type="workflow"``, subtype the node
 the events recorded inside it, so a run's timeline shows where each began and ended. Node, edge
 and run records are built by :mod:`agent_shim.records`.
 
-A process's graphs live in a registry keyed by run id, so the explicit API (``tracker.run``),
-the CMBAgent adapter and the process's implicit run all add to the same DAG of a run.
+A tracker's graphs live in its registry (:class:`Graphs`) keyed by run id, so the explicit API
+(``tracker.run``), the CMBAgent adapter and the process's implicit run all add to the same DAG of
+a run. Open phases and steps are in the recorder's ``work_nodes``, where it finds the node of an
+agent that an event names.
 """
 
 from __future__ import annotations
@@ -24,15 +26,13 @@ import threading
 import uuid
 from contextvars import Token
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import records
 from .context import CURRENT, Scope
 from .payload import describe_error
+from .recorder import Recorder, Span, SpanScope
 from .wire import new_id
-
-if TYPE_CHECKING:
-    from .tracker import Span, SpanScope, Tracker
 
 WORKFLOW = "workflow"
 """``event_type`` of the spans and events the workflow model records itself."""
@@ -67,27 +67,6 @@ def check_redo_allowed(step_number: int, redo_number: int, max_redos: int | None
 
 def _describe(exc: BaseException | None) -> str | None:
     return None if exc is None else describe_error(exc)
-
-
-# --- sub-agent nodes: the tracker's hook ------------------------------------------------------
-
-#: Open phase and step nodes by id, and by the id of each of their sub-agent nodes.
-_WORK_NODES: dict[bytes | None, Node] = {}
-
-
-def node_for_agent(scope: Scope, agent_name: str) -> Scope:
-    """The scope of ``agent_name``'s activity: inside a phase or step, its sub-agent node.
-
-    Called by the tracker for every event that names an agent in a scope with a node; a dict
-    lookup when the node is not a workflow node, two when the agent's node exists.
-    """
-    owner = _WORK_NODES.get(scope.node)
-    if owner is None or not isinstance(agent_name, str):  # only a name gets a node of its own
-        return scope
-    node = owner.agent_node(agent_name)
-    if node == scope.node:
-        return scope
-    return Scope(scope.run, scope.session, node, scope.span, scope.depth)
 
 
 # --- nodes -----------------------------------------------------------------------------------
@@ -144,7 +123,7 @@ class Node:
                     node_type=SUB_AGENT, parent_node=self.id, depth=1, agent=agent_name,
                     order_index=len(self._agents)))
                 self._agents[agent_name] = node
-                _WORK_NODES[node] = self
+                self.graph.tracker.work_nodes[node] = self
         return node
 
     def attempt(self, **meta: Any) -> SpanScope:
@@ -170,9 +149,9 @@ class Node:
                 return
             self.status = status
             agents = list(self._agents.values())
-        for node in (self.id, *agents):
-            _WORK_NODES.pop(node, None)
         tracker = self.graph.tracker
+        for node in (self.id, *agents):
+            tracker.work_nodes.pop(node, None)
         for node in agents:
             tracker.record(records.node("end", self.scope, node, status=status))
         if self._attempts:
@@ -210,8 +189,9 @@ class Node:
 class Graph:
     """One run's DAG: its depth-0 nodes in order, the edges between them, steps and redos."""
 
-    def __init__(self, tracker: Tracker, base: Scope) -> None:
-        self.tracker = tracker
+    def __init__(self, graphs: Graphs, base: Scope) -> None:
+        self.graphs = graphs
+        self.tracker = graphs.tracker
         #: The run's own scope (no node, no span).
         self.base = base
         self.phase_node: Node | None = None
@@ -288,7 +268,7 @@ class Graph:
         """Close every node still open (innermost first) with ``status``; the run is over."""
         for node in reversed(list(self._open.values())):
             node.close(status)
-        _GRAPHS.pop(self.base.run, None)
+        self.graphs.forget(self)
 
     def forget(self, node: Node) -> None:
         self._open.pop(node.id, None)
@@ -324,7 +304,7 @@ class Graph:
             self.tracker.record(records.edge(self.base, source, node_id))
         node = Node(self, node_id, name, node_type, parent, number, parent.at_node(node_id))
         self._open[node_id] = node
-        _WORK_NODES[node_id] = node
+        self.tracker.work_nodes[node_id] = node
         return node
 
     def _branch_point(self, source: Node, branch_name: str, hypothesis: str | None,
@@ -352,25 +332,32 @@ class Graph:
         self.tracker.record(records.node("point", self.base, source.id, meta=meta))
 
 
-#: The graphs of this process's runs, by run id.
-_GRAPHS: dict[bytes, Graph] = {}
-_GRAPHS_LOCK = threading.Lock()
+class Graphs:
+    """A tracker's graphs of its open runs, by run id."""
 
+    def __init__(self, tracker: Recorder) -> None:
+        self.tracker = tracker
+        self._graphs: dict[bytes, Graph] = {}
+        self._lock = threading.Lock()
 
-def close_graph(run: bytes, status: str) -> None:
-    """Close the nodes still open in ``run``'s graph, if this process made one."""
-    graph = _GRAPHS.get(run)
-    if graph is not None:
-        graph.close(status)
+    def of(self, scope: Scope) -> Graph:
+        """The graph of ``scope``'s run, made on first use."""
+        graph = self._graphs.get(scope.run)
+        if graph is None:
+            with self._lock:
+                graph = self._graphs.get(scope.run)
+                if graph is None:
+                    graph = self._graphs[scope.run] = Graph(self, Scope(scope.run, scope.session))
+        return graph
 
+    def close(self, run: bytes, status: str) -> None:
+        """Close the nodes still open in ``run``'s graph, if it has one."""
+        graph = self._graphs.get(run)
+        if graph is not None:
+            graph.close(status)
 
-def graph_for(tracker: Tracker, scope: Scope) -> Graph:
-    """The graph of ``scope``'s run, made on first use."""
-    graph = _GRAPHS.get(scope.run)
-    if graph is None:
-        with _GRAPHS_LOCK:
-            graph = _GRAPHS.setdefault(scope.run, Graph(tracker, Scope(scope.run, scope.session)))
-    return graph
+    def forget(self, graph: Graph) -> None:
+        self._graphs.pop(graph.base.run, None)
 
 
 # --- runs ------------------------------------------------------------------------------------
@@ -384,8 +371,10 @@ class RunScope:
     instead: no new run is recorded and the parent's run is left for the parent to end.
     """
 
-    def __init__(self, tracker: Tracker, task: str | None, meta: dict[str, Any]) -> None:
+    def __init__(self, graphs: Graphs, task: str | None, meta: dict[str, Any]) -> None:
+        tracker = graphs.tracker
         settings = tracker.settings
+        self.graphs = graphs
         self.tracker = tracker
         self.task = task
         self.meta = meta
@@ -411,7 +400,7 @@ class RunScope:
         scope = Scope(run=self.id, session=self.session_id)
         if not self.joined:
             self.tracker.record(records.run_start(scope, self.task, self.meta))
-        self.graph = graph_for(self.tracker, scope)
+        self.graph = self.graphs.of(scope)
         self._token = CURRENT.set(scope)
         return self
 
@@ -469,45 +458,3 @@ class RunScope:
                                 "and record phases and steps inside the block")
         return self.graph
 
-
-class DisabledRun:
-    """``tracker.run(...)`` with capture off: every method a no-op, every block runs as is."""
-
-    id = None
-    uuid = None
-
-    def phase(self, name: str, **meta: Any) -> DisabledRun:
-        return self
-
-    def step(self, number: int, goal: str | None = None, **meta: Any) -> DisabledRun:
-        return self
-
-    def redo(self, step_number: int, hypothesis: str | None, *, redo_number: int | None = None,
-             max_redos: int | None = None, **meta: Any) -> DisabledRun:
-        if redo_number is not None:
-            check_redo_allowed(step_number, redo_number, max_redos)
-        return self
-
-    def skip(self, step_number: int, goal: str | None = None, reason: str | None = None) -> None:
-        return None
-
-    def attempt(self, **meta: Any) -> DisabledRun:
-        return self
-
-    def close(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    def __enter__(self) -> DisabledRun:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    async def __aenter__(self) -> DisabledRun:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-DISABLED_RUN = DisabledRun()

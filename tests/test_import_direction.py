@@ -1,8 +1,9 @@
-"""Imports inside ``collector`` run one way: commands on top of the read side, never back.
+"""Imports run one way inside ``collector`` (commands on top of the read side, never back) and
+inside ``agent_shim`` (no module imports one that imports it back, however indirectly).
 
-Read from the source (every ``import``, those inside functions too, since a lazy import still
-ties two modules together), so a wrong-way import fails here before it can make a cycle at run
-time.
+Read from the source (every ``import``, those inside functions and ``TYPE_CHECKING`` blocks too,
+since a lazy import still ties two modules together), so a wrong-way import fails here before it
+can make a cycle at run time.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import agent_shim
 import collector
 
 PACKAGE = Path(collector.__file__).parent
+AGENT_PACKAGE = Path(agent_shim.__file__).parent
 ROOTS = ("collector", "agent_shim")
 #: The one module of the agent side the collector may use: the protocol both sides speak.
 AGENT_SIDE_ALLOWED = {"agent_shim.wire"}
@@ -52,13 +55,15 @@ def _imports(path: Path) -> set[str]:
     return {m for m in found if m.split(".")[0] in ROOTS and m != name}
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Every module of the collector package → the collector and agent_shim modules it imports."""
-    return {_module_name(path): _imports(path) for path in sorted(PACKAGE.rglob("*.py"))}
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """Every module of ``package`` (the collector's by default) → the collector and agent_shim
+    modules it imports."""
+    return {_module_name(path): _imports(path) for path in sorted(package.rglob("*.py"))}
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str]:
-    """One import cycle among the collector's modules, or []."""
+    """One import cycle among the graph's modules (the first module repeated at the end), or
+    []."""
     done: set[str] = set()
 
     def visit(module: str, path: list[str]) -> list[str]:
@@ -84,6 +89,19 @@ def test_the_graph_sees_the_imports_it_should() -> None:
     assert {"collector.reads", "collector.render", "collector.options"} <= graph["collector.cli"]
     assert graph["collector.otlp.commands"] >= {"collector.options", "collector.reads"}
     assert "agent_shim.wire" in graph["collector.pipeline"]
+    agent = import_graph(AGENT_PACKAGE)
+    # `from . import records` (a module), `from ..context import CURRENT` (a name in a module),
+    # `from .. import activate` inside a function (a name in the package): all three are seen.
+    assert {"agent_shim.records", "agent_shim.context"} <= agent["agent_shim.workflow"]
+    assert "agent_shim.context" in agent["agent_shim.ag2.wrapping"]
+    assert "agent_shim" in agent["agent_shim.ag2"]
+
+
+def test_the_cycle_finder_names_the_cycle() -> None:
+    """Given a cycle through a module that is not its first, the finder names it in order."""
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"d", "b"}, "d": set()}
+    assert _cycle(graph) == ["b", "c", "b"]
+    assert _cycle({"a": {"b"}, "b": set()}) == []
 
 
 def test_nothing_imports_the_command_line() -> None:
@@ -117,3 +135,10 @@ def test_the_collector_takes_only_the_wire_protocol_from_the_agent_side() -> Non
 
 def test_the_collector_has_no_import_cycle() -> None:
     assert _cycle(import_graph()) == []
+
+
+def test_the_agent_side_has_no_import_cycle() -> None:
+    cycle = _cycle(import_graph(AGENT_PACKAGE))
+    assert cycle == [], (
+        f"import cycle in agent_shim: {' -> '.join(cycle)}. Move what the lower module needs "
+        "below both (a function-level import hides the cycle, it does not break it)")

@@ -11,7 +11,7 @@ from typing import Any
 
 from .handoff import TRANSFER_PREFIX, decided_by
 from .propagation import ToolCallOrigins
-from .wrapping import CALLER, Activity, Args, End, Kwargs, Start
+from .wrapping import Activity, Args, End, Kwargs, Start, caller
 
 # --- small readers -------------------------------------------------------------------------
 
@@ -37,19 +37,20 @@ _ROLE_NAMES = {
 _role_by_class: dict[type, str | None] = {}
 
 
-def role_of(agent: Any) -> str | None:
-    """The part an agent AG2 creates for itself plays, or ``None`` for the program's agents."""
+def role_of(agent: Any, name: str | None = None) -> str | None:
+    """The part an agent AG2 creates for itself plays, or ``None`` for the program's agents
+    (``name``: the agent's, when the caller has it already)."""
     cls = type(agent)
     if cls not in _role_by_class:
         _role_by_class[cls] = next(
             (_ROLE_CLASSES[c.__name__] for c in cls.__mro__ if c.__name__ in _ROLE_CLASSES), None
         )
-    return _role_by_class[cls] or _ROLE_NAMES.get(name_of(agent) or "")
+    return _role_by_class[cls] or _ROLE_NAMES.get(name or name_of(agent) or "")
 
 
-def agent_meta(agent: Any) -> dict[str, Any]:
+def agent_meta(agent: Any, name: str | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {"class": type(agent).__name__}
-    role = role_of(agent)
+    role = role_of(agent, name)
     if role is not None:
         meta["internal"] = True
         meta["role"] = role
@@ -85,8 +86,9 @@ class AgentCall(Activity):
             messages = getattr(agent, "_oai_messages", {}).get(sender)
         inputs = {"sender": name_of(sender), "message": last_of(messages),
                   "messages": len(messages) if isinstance(messages, list) else None}
-        return Start(agent_name=name_of(agent), inputs=inputs, meta=agent_meta(agent),
-                     owner=agent, sender=sender)
+        name = name_of(agent)
+        return Start(agent_name=name, inputs=inputs, meta=agent_meta(agent, name), owner=agent,
+                     sender=sender)
 
     def end(self, result: Any, start: Start) -> End:
         return End(outputs={"reply": text(result)})
@@ -139,9 +141,10 @@ class ToolCall(Activity):
         func_call = arg(args, kwargs, 1, "func_call") or {}
         call_id = arg(args, kwargs, 2, "call_id")
         name = func_call.get("name") if isinstance(func_call, dict) else None
-        caller = CALLER.get()
+        agent_call = caller()
         asked_by = self.origins.take(call_id) or (
-            name_of(caller[1]) if caller is not None and caller[0] is executor else None
+            name_of(agent_call[1]) if agent_call is not None and agent_call[0] is executor
+            else None
         )
         handoff = isinstance(name, str) and name.startswith(TRANSFER_PREFIX)
         inputs = {"name": name, "call_id": call_id,
@@ -176,8 +179,8 @@ class CodeExecution(Activity):
     def begin(self, args: Args, kwargs: Kwargs) -> Start:
         executor = args[0]
         blocks = arg(args, kwargs, 1, "code_blocks") or []
-        caller = CALLER.get()
-        agent = caller[0] if caller is not None else None
+        agent_call = caller()
+        agent = agent_call[0] if agent_call is not None else None
         inputs = {"blocks": [{"language": getattr(b, "language", None),
                               "code": getattr(b, "code", b)} for b in blocks]}
         return Start(agent_name=name_of(agent), inputs=inputs,

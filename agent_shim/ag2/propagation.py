@@ -51,32 +51,31 @@ class ThreadingProxy(types.ModuleType):
 
 
 class AgentScopes:
-    """The scopes inside each agent's open agent-call spans, innermost last, by ``id(agent)``."""
+    """The scopes inside the open agent-call spans, by the call; the latest of an agent wins.
+
+    Every agent call is added and removed (a dict item, atomic: no lock on the caller's path);
+    only a call that arrives with no current scope looks for its agent's latest.
+    """
 
     def __init__(self) -> None:
-        self._stacks: dict[int, list[Scope]] = {}
-        self._lock = threading.Lock()
+        #: call → (id of its agent, scope inside its span), in the order the calls began.
+        self._open: dict[object, tuple[int, Scope]] = {}
 
-    def push(self, agent: object, scope: Scope) -> None:
-        with self._lock:
-            self._stacks.setdefault(id(agent), []).append(scope)
+    def push(self, call: object, agent: object, scope: Scope) -> None:
+        self._open[call] = (id(agent), scope)
 
-    def pop(self, agent: object, scope: Scope) -> None:
-        with self._lock:
-            stack = self._stacks.get(id(agent))
-            if stack is None:
-                return
-            # Concurrent tasks of one agent may end out of order: remove this one, not the last.
-            for i in range(len(stack) - 1, -1, -1):
-                if stack[i] is scope:
-                    del stack[i]
-                    break
-            if not stack:
-                del self._stacks[id(agent)]
+    def pop(self, call: object) -> None:
+        # Concurrent calls of one agent may end out of order: each removes its own.
+        self._open.pop(call, None)
 
     def latest(self, agent: object) -> Scope | None:
-        stack = self._stacks.get(id(agent))
-        return stack[-1] if stack else None
+        wanted = id(agent)
+        # A copy is made in one step (no Python code runs while it is made), so calls on other
+        # threads cannot change the items while they are read.
+        for owner, scope in reversed(self._open.copy().values()):
+            if owner == wanted:
+                return scope
+        return None
 
 
 class ToolCallOrigins:

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..context import CURRENT, Scope
 from ..payload import describe_error
@@ -26,12 +26,28 @@ log = logging.getLogger(__name__)
 Args = tuple[Any, ...]
 Kwargs = dict[str, Any]
 
-#: The innermost wrapped call (hook, id of its ``self``). A subclass override that calls
-#: ``super()`` reaches the base class's wrapper with the same key and is not recorded twice.
-INNERMOST: ContextVar[tuple[Hook, int] | None] = ContextVar("cmbagent_ag2_innermost", default=None)
 
-#: The innermost agent call: ``(agent, sender)``; tools and code executors read it.
-CALLER: ContextVar[tuple[Any, Any] | None] = ContextVar("cmbagent_ag2_caller", default=None)
+
+class Innermost(NamedTuple):
+    """The hooks' state in a context: what the innermost wrapped call is, and the innermost
+    agent call around it. One ContextVar holds it, so a call reads it once and sets it once."""
+
+    #: The hook and the id of the call's ``self``: a subclass override that calls ``super()``
+    #: reaches the base class's wrapper with the same two and is not recorded twice.
+    hook: Hook
+    self_id: int
+    #: The innermost agent call: ``(agent, sender)``; tools and code executors read it.
+    caller: tuple[Any, Any] | None
+
+
+INNERMOST: ContextVar[Innermost | None] = ContextVar("cmbagent_ag2_innermost", default=None)
+_new = tuple.__new__  # makes an Innermost in half the time its generated ``__new__`` takes
+
+
+def caller() -> tuple[Any, Any] | None:
+    """The innermost agent call around this one: ``(agent, sender)``, or ``None``."""
+    state = INNERMOST.get()
+    return None if state is None else state.caller
 
 WRAPPED_ATTR = "__cmbagent_original__"
 
@@ -144,11 +160,12 @@ class Hook:
         if not self.enabled or not args:
             return None
         try:
-            guard = (self, id(args[0]))
-            if INNERMOST.get() == guard:
+            outer = INNERMOST.get()
+            self_id = id(args[0])
+            if outer is not None and outer.hook is self and outer.self_id == self_id:
                 return None
             start = self.activity.begin(args, kwargs)
-            return None if start is None else Call(self, start, guard)
+            return None if start is None else Call(self, start, self_id, outer)
         except Exception as exc:
             self.disable(exc)
             return None
@@ -165,67 +182,61 @@ class Hook:
 class Call:
     """One recorded call between entry and exit."""
 
-    __slots__ = ("hook", "start", "span", "inner", "innermost", "current", "caller")
+    __slots__ = ("hook", "start", "span", "innermost", "current")
 
-    def __init__(self, hook: Hook, start: Start, guard: tuple[Hook, int]) -> None:
+    def __init__(self, hook: Hook, start: Start, self_id: int, outer: Innermost | None) -> None:
         runtime = hook.runtime
         activity = hook.activity
         tracker = runtime.tracker
         self.hook = hook
         self.start = start
         self.span: Span | None = None
-        self.inner: Scope | None = None
-        self.current: Token[Any] | None = None
-        self.caller: Token[Any] | None = None
+        self.current: Token[Scope | None] | None = None
         scope = CURRENT.get()
         if scope is None and start.fallback_agent is not None:
             scope = runtime.agent_scopes.latest(start.fallback_agent)
+        caller = None if outer is None else outer.caller
         if activity.point:
             tracker.event(activity.event_type, subtype=start.subtype,
                           agent_name=start.agent_name, inputs=start.inputs, meta=start.meta,
                           scope=scope)
         else:
-            self.span = tracker.start_span(activity.event_type, subtype=start.subtype,
-                                           agent_name=start.agent_name, inputs=start.inputs,
-                                           meta=start.meta, scope=scope)
-            self.inner = self.span.inner
-        self.innermost = INNERMOST.set(guard)
-        if self.inner is not None:
-            self.current = CURRENT.set(self.inner)
+            span = self.span = tracker.start_span(
+                activity.event_type, subtype=start.subtype, agent_name=start.agent_name,
+                inputs=start.inputs, meta=start.meta, scope=scope)
+            inner = span.inner
+            self.current = CURRENT.set(inner)
             if start.owner is not None:
-                self.caller = CALLER.set((start.owner, start.sender))
-                runtime.agent_scopes.push(start.owner, self.inner)
+                caller = (start.owner, start.sender)
+                runtime.agent_scopes.push(self, start.owner, inner)
+        self.innermost = INNERMOST.set(_new(Innermost, (hook, self_id, caller)))
 
     def close(self, result: Any, exc: BaseException | None) -> None:
         """End the call with its result or exception. Never raises."""
-        hook = self.hook
-        _reset(CALLER, self.caller)
-        _reset(CURRENT, self.current)
-        _reset(INNERMOST, self.innermost)
-        if self.span is None:
-            return
-        runtime = hook.runtime
         try:
-            if self.start.owner is not None and self.inner is not None:
-                runtime.agent_scopes.pop(self.start.owner, self.inner)
+            INNERMOST.reset(self.innermost)
+            if self.current is not None:
+                CURRENT.reset(self.current)
+        except (ValueError, RuntimeError):  # closed in another context: nothing to undo
+            pass
+        span = self.span
+        if span is None:
+            return
+        hook = self.hook
+        runtime = hook.runtime
+        start = self.start
+        try:
+            if start.owner is not None:
+                runtime.agent_scopes.pop(self)
             activity = hook.activity
-            end = (activity.fail(exc, self.start) if exc is not None
-                   else activity.end(result, self.start))
+            end = activity.fail(exc, start) if exc is not None else activity.end(result, start)
         except Exception as err:
             hook.disable(err)
             end = End(status="failed" if exc is not None else "completed")  # never leave it open
         try:
-            runtime.tracker.end_span(self.span, status=end.status, outputs=end.outputs,
+            runtime.tracker.end_span(span, status=end.status, outputs=end.outputs,
                                      error=end.error, meta=end.meta, subtype=end.subtype)
             if end.cost is not None:
-                runtime.tracker.cost(**end.cost, event_id=self.span.id, scope=self.span.scope)
+                runtime.tracker.cost(**end.cost, event_id=span.id, scope=span.scope)
         except Exception as err:
             hook.disable(err)
-
-
-def _reset(var: ContextVar[Any], token: Token[Any] | None) -> None:
-    if token is not None:
-        try:
-            var.reset(token)
-        except (ValueError, RuntimeError):  # closed in another context: nothing to undo
-            pass
