@@ -20,22 +20,12 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any
 
-from ag2.events import (
-    ModelRequest,
-    ModelResponse,
-    TaskCompleted,
-    TaskFailed,
-    TaskStarted,
-    ToolErrorEvent,
-    ToolNotFoundEvent,
-    ToolResultEvent,
-    ToolResultsEvent,
-    UsageEvent,
-)
+from ag2.events import ModelResponse, ToolErrorEvent, ToolResultEvent, UsageEvent
 from ag2.middleware import BaseMiddleware
 
 from ..context import CURRENT, Scope
 from ..tracker import Span, Tracker
+from .history import HistoryReader, record_unseen
 from .pricing import PriceTable, Tokens
 
 log = logging.getLogger(__name__)
@@ -53,6 +43,7 @@ class Runtime:
 
     tracker: Tracker
     prices: PriceTable = field(default_factory=PriceTable)
+    history: HistoryReader = field(default_factory=HistoryReader)
     disabled: list[str] = field(default_factory=list)
     #: The open span of each ``ag2.network`` channel, by channel id (``network.py``).
     channels: dict[str, Span] = field(default_factory=dict)
@@ -195,10 +186,9 @@ class LLMCall(Activity):
     event_type = "llm_call"
 
     def begin(self, subject: Any) -> Start:
-        # AG2 hands the whole history (a list): no copy of it per call.
-        events = subject if isinstance(subject, Sequence) else list(subject or ())
-        return Start(inputs={"messages": len(events),
-                             "last_message": event_text(events[-1]) if events else None})
+        # AG2 hands the whole history (a list, ``_open`` makes it one): no copy of it per call.
+        return Start(inputs={"messages": len(subject),
+                             "last_message": event_text(subject[-1]) if subject else None})
 
     def end(self, result: Any, capture: CaptureMiddleware) -> End:
         meta, cost = usage_record(capture.runtime, capture.agent_name, result)
@@ -326,7 +316,9 @@ def _open(activity: Activity, capture: CaptureMiddleware, subject: Any,
     try:
         tracker, agent = runtime.tracker, capture.agent_name
         if activity is _LLM:
-            _record_tool_round(runtime, agent, subject)
+            if not isinstance(subject, Sequence):
+                subject = list(subject or ())
+            record_unseen(tracker, runtime.history, agent, context.stream.id, subject)
         start = activity.begin(subject)
         conversation = scope = None
         if activity is _TURN and TURN.get() is None:
@@ -352,51 +344,6 @@ def _channel_span(runtime: Runtime, context: Any) -> Span | None:
         return None
     channel = (getattr(context, "dependencies", None) or {}).get(CHANNEL_DEPENDENCY)
     return runtime.channels.get(getattr(channel, "channel_id", None) or "")
-
-
-def _record_tool_round(runtime: Runtime, agent: str | None, events: Sequence[Any]) -> None:
-    """What the tool round before this LLM call left in the turn's history and no hook saw:
-    calls to tools the agent does not have (AG2 answers them with a ``ToolNotFoundEvent``
-    without running tool middleware: a failed ``tool_call``), and the sub-tasks its tools ran
-    (``as_tool``, ``run_subtask(s)``: a ``message`` with each objective, then one with each
-    result or failure). Read from the history AG2 hands the model, back to the response that
-    asked for the tools; a stream subscription per turn would cost milliseconds."""
-    if not events or not isinstance(events[-1], ToolResultsEvent):
-        return
-    since: list[Any] = []
-    for event in reversed(events):
-        if isinstance(event, (ModelResponse, ModelRequest)):
-            break
-        since.append(event)
-    for event in reversed(since):
-        if isinstance(event, ToolResultsEvent):
-            for result in event.results:
-                if isinstance(result, ToolNotFoundEvent):
-                    _record_history_event(runtime, agent, result)
-        elif isinstance(event, _TASK_EVENTS):
-            _record_history_event(runtime, agent, event)
-
-
-_TASK_EVENTS = (TaskStarted, TaskCompleted, TaskFailed)
-
-
-def _record_history_event(runtime: Runtime, agent: str | None, event: Any) -> None:
-    tracker = runtime.tracker
-    if isinstance(event, ToolNotFoundEvent):
-        tracker.event("tool_call", subtype="unknown_tool", agent_name=agent, status="failed",
-                      inputs={"name": event.name, "call_id": event.parent_id},
-                      outputs={"success": False}, error=f"unknown tool {event.name!r}")
-        return
-    started = isinstance(event, TaskStarted)
-    failed = isinstance(event, TaskFailed)
-    sender, recipient = (agent, event.agent_name) if started else (event.agent_name, agent)
-    content = (event.objective if started else None if failed
-               else getattr(event, "result", None))
-    tracker.event("message", subtype=f"task_{type(event).__name__[4:].lower()}",
-                  agent_name=sender, status="failed" if failed else "completed",
-                  error=f"{type(event.error).__name__}: {event.error}" if failed else None,
-                  inputs={"sender": sender, "recipient": recipient, "content": content},
-                  meta={"task_id": event.task_id, "objective": event.objective})
 
 
 # --- readers -------------------------------------------------------------------------------

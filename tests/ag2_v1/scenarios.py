@@ -216,21 +216,38 @@ async def parallel_subtasks() -> Expected:
 async def background_agent() -> Expected:
     """A coordinator starts a worker agent in the background (``background_agent_tool``): the
     worker's turn outlives the tool call that started it, and its result reaches the
-    coordinator in the next ``ask``."""
+    coordinator in the next ``ask``. The worker's tool holds until the first ``ask`` has
+    returned, so that the result cannot reach that one (AG2 delivers a result that arrives in
+    time to the running turn); when its ``TaskStarted`` lands is left to the event loop."""
     ledger = Ledger()
-    worker = Agent("worker", config=config(ledger.response("Index rebuilt.")))
+    first_ask_done = asyncio.Event()
+
+    async def hold() -> str:
+        """Waits for the go-ahead."""
+        await first_ask_done.wait()
+        return "go"
+
+    worker = Agent("worker", tools=[hold], config=config(
+        ledger.response(None, call("hold")), ledger.response("Index rebuilt.")))
     coordinator = Agent("coordinator", tools=[background_agent_tool(
         worker, description="Runs a job in the background.")], config=config(
         ledger.response(None, call("background_task_worker", objective="Rebuild the index")),
         ledger.response("Started it."), ledger.response("It is done.")))
     reply = await coordinator.ask("Rebuild the index.")
+    first_ask_done.set()
     # The background task is the program's only other task: wait until it has delivered.
     await asyncio.gather(*(asyncio.all_tasks() - {asyncio.current_task()}))
     await reply.ask("Is it done?")
-    return Expected({"conversation": 2, "agent_call": 3, "llm_call": 4, "tool_call": 1,
-                     "message": 1}, ledger,
+    # The task's objective, read at the coordinator's next LLM call, and its result, read at
+    # the first LLM call of the follow-up turn it is delivered to: both under the coordinator's
+    # turns.
+    return Expected({"conversation": 2, "agent_call": 3, "llm_call": 5, "tool_call": 2,
+                     "message": 2}, ledger,
                     nesting=[("worker", "agent_call", "tool_call"),
-                             ("worker", "llm_call", "agent_call")])
+                             ("worker", "llm_call", "agent_call"),
+                             ("worker", "tool_call", "agent_call"),
+                             ("coordinator", "message", "agent_call"),
+                             ("worker", "message", "agent_call")])
 
 
 async def human_approval() -> Expected:

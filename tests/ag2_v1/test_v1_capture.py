@@ -13,12 +13,26 @@ from pathlib import Path, PurePosixPath
 import genai_prices
 import pytest
 import scenarios
+from ag2 import MemoryStream
+from ag2.context import ConversationContext
+from ag2.events import (
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    TaskCompleted,
+    TaskStarted,
+    TextInput,
+    ToolNotFoundEvent,
+    ToolResultsEvent,
+)
 from ag2.tools.sandbox.adapter import CodeAdapter
 from ag2_checks import rows_from_records
 from checks import check_v1_capture
 
 from agent_shim import ag2_v1
+from agent_shim.ag2_v1.capture import CaptureFactory, Runtime
 from agent_shim.ag2_v1.pricing import PriceTable, Tokens
+from agent_shim.testing import recording_tracker
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -153,3 +167,71 @@ def test_flat_rates_price_a_call_as_the_table_itself_does():
         genai_prices.Usage(input_tokens=12_000, output_tokens=900, cache_read_tokens=4_000),
         "gpt-4o-mini", provider_id="openai").total_price
     assert ours == pytest.approx(float(theirs), rel=1e-12)
+
+
+class TestHistoryReading:
+    """What no hook sees (sub-task events, unknown tools) is read from the history AG2 hands
+    each LLM call: every such event once, wherever and whenever it lands."""
+
+    STARTED = TaskStarted(task_id="t1", agent_name="worker", objective="Rebuild the index",
+                          parent_tool_call_id="c1")
+    COMPLETED = TaskCompleted(task_id="t1", agent_name="worker", objective="Rebuild the index",
+                              result="Index rebuilt.")
+
+    def _llm_calls(self, *histories: list) -> list[tuple]:
+        """One LLM call of the coordinator per history (all of one conversation); the
+        messages and unknown-tool calls recorded, in order."""
+        tracker, sink = recording_tracker()
+        context = ConversationContext(stream=MemoryStream())
+        middleware = CaptureFactory("coordinator", Runtime(tracker))(REQUEST, context)
+
+        async def model(events, context):
+            return ModelResponse(ModelMessage("ok"))
+
+        async def calls():
+            for history in histories:
+                await middleware.on_llm_call(model, history, context)
+
+        asyncio.run(calls())
+        events, _, problems = rows_from_records(sink.records)
+        assert problems == []
+        return [(e["event_subtype"], e["agent_name"], (e["inputs"] or {}).get("recipient"))
+                for e in events if e["event_type"] != "llm_call"]
+
+    def test_a_task_started_after_the_tool_results_is_read(self):
+        # A background task's TaskStarted, sent from its own task, may land after the tool
+        # round's results (this was missed when only a history ending in results was read).
+        history = [REQUEST, ASKED, RESULTS, self.STARTED]
+        assert self._llm_calls(history) == [("task_started", "coordinator", "worker")]
+
+    def test_a_task_started_during_an_llm_call_is_read_at_the_next_one(self):
+        history = [REQUEST, ASKED, RESULTS]
+        first = list(history)
+        later = [*history, self.STARTED, ModelResponse(ModelMessage("Started it.")),
+                 self.COMPLETED]
+        assert self._llm_calls(first, later) == [
+            ("task_started", "coordinator", "worker"), ("task_completed", "worker", "coordinator")]
+
+    def test_events_are_read_once_however_often_the_history_is_handed_over(self):
+        history = [REQUEST, ASKED, RESULTS, self.STARTED]
+        assert self._llm_calls(history, history, history) == [
+            ("task_started", "coordinator", "worker")]
+
+    def test_a_rewritten_history_is_read_from_its_last_model_response(self):
+        # Compaction replaces the history (another list): what precedes the last model
+        # response was answered by an earlier call and is not read again.
+        history = [REQUEST, ASKED, RESULTS, self.STARTED]
+        compacted = [ModelRequest([TextInput("Summary.")]), self.STARTED,
+                     ModelResponse(ModelMessage("Started it.")), self.COMPLETED]
+        assert self._llm_calls(history, compacted) == [
+            ("task_started", "coordinator", "worker"), ("task_completed", "worker", "coordinator")]
+
+    def test_an_unknown_tool_is_a_failed_tool_call_once(self):
+        results = ToolResultsEvent(results=[ToolNotFoundEvent(parent_id="c9", name="no_such")])
+        history = [REQUEST, ASKED, results]
+        assert self._llm_calls(history, [*history]) == [("unknown_tool", "coordinator", None)]
+
+
+REQUEST = ModelRequest([TextInput("Rebuild the index.")])
+ASKED = ModelResponse(None)
+RESULTS = ToolResultsEvent(results=[])
