@@ -23,11 +23,15 @@ from .capture import Runtime
 #: Envelope types that carry what agents say; the channel lifecycle ones are the span itself.
 _TEXT, _PACKET = "ag2.msg.text", "ag2.packet"
 _CLOSING = {"closed": "completed", "expired": "failed"}
+#: How the hub words the close reason of a channel an expectation violation closed.
+_VIOLATED = "expectation_violated"
 
 
 class CaptureListener(BaseHubListener):  # type: ignore[misc]
-    """Records one hub's channels, envelopes and routing; the listener methods it does not
-    override (dispatch failures, expectations, tasks, inbox pressure) record nothing."""
+    """Records one hub's channels, envelopes, routing and what went wrong in them (failed
+    turns, expectation violations, failed dispatches: failed ``message`` points whose subtype
+    says which); the listener methods it does not override (tasks, inbox pressure) record
+    nothing."""
 
     def __init__(self, runtime: Runtime, hub: Hub) -> None:
         self.runtime = runtime
@@ -51,6 +55,19 @@ class CaptureListener(BaseHubListener):  # type: ignore[misc]
 
     async def on_envelope_rejected(self, envelope: Any, reason: BaseException) -> None:
         self._guarded(self._envelope, envelope, reason)
+
+    async def on_turn_failed(self, channel_id: str, agent_id: str, envelope_id: str,
+                             exc: BaseException) -> None:
+        self._guarded(self._notice, channel_id, "turn_failed", self.name(agent_id), exc,
+                      {"envelope_id": envelope_id})
+
+    async def on_expectation_fired(self, channel_id: str, expectation: Any,
+                                   violation: Any) -> None:
+        self._guarded(self._violation, channel_id, expectation, violation)
+
+    async def on_dispatch_failed(self, envelope: Any, recipient_id: str,
+                                 reason: BaseException) -> None:
+        self._guarded(self._dispatch_failed, envelope, recipient_id, reason)
 
     def close_all(self, reason: str) -> None:
         """End the channels still open (their hub is closing)."""
@@ -82,7 +99,10 @@ class CaptureListener(BaseHubListener):  # type: ignore[misc]
             self.runtime.channels[channel_id] = span
             self.open_channels.add(channel_id)
         elif kind in _CLOSING:
-            self._end_channel(channel_id, _CLOSING[kind], payload.get("reason") or kind)
+            reason = payload.get("reason") or kind
+            # A channel an expectation's ``auto_close`` closed did not end well either.
+            status = "failed" if str(reason).startswith(_VIOLATED) else _CLOSING[kind]
+            self._end_channel(channel_id, status, reason)
 
     def _end_channel(self, channel_id: str, status: str, reason: str) -> None:
         span = self.runtime.channels.pop(channel_id, None)
@@ -113,6 +133,34 @@ class CaptureListener(BaseHubListener):  # type: ignore[misc]
             routing = data.get("routing") if kind == _PACKET else None
             self._transition(envelope, sender, scope,
                              routing if isinstance(routing, dict) else {})
+
+    def _dispatch_failed(self, envelope: Any, recipient_id: str, reason: BaseException) -> None:
+        self._notice(envelope.channel_id, "dispatch_failed", self.name(envelope.sender_id),
+                     reason, {"envelope_id": envelope.envelope_id,
+                              "event_type": envelope.event_type}, self.name(recipient_id))
+
+    def _violation(self, channel_id: str, expectation: Any, violation: Any) -> None:
+        name = getattr(expectation, "name", None)
+        violators = [self.name(v) for v in getattr(violation, "violator_ids", None) or ()]
+        self._notice(channel_id, "expectation_violated", None,
+                     f"expectation {name!r} violated by {violators or 'the channel'}",
+                     {"expectation": name, "on_violation": getattr(expectation, "on_violation",
+                                                                   None),
+                      "params": getattr(expectation, "params", None),
+                      "violators": violators, "detail": getattr(violation, "detail", None)})
+
+    def _notice(self, channel_id: str | None, subtype: str, agent: str | None,
+                error: BaseException | str, meta: dict[str, Any],
+                recipient: str | None = None) -> None:
+        """A failed ``message`` point in the channel: what the hub reports went wrong."""
+        span = self.runtime.channels.get(channel_id or "")
+        if isinstance(error, BaseException):
+            error = f"{type(error).__name__}: {error}"
+        self.runtime.tracker.event(
+            "message", subtype=subtype, agent_name=agent, status="failed", error=error,
+            scope=span.inner if span is not None else None,
+            inputs={"sender": agent, "recipient": recipient, "content": None},
+            meta={"channel_id": channel_id, **meta})
 
     def _transition(self, envelope: Any, sender: str | None, scope: Any,
                     routing: dict[str, Any]) -> None:

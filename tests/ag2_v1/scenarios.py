@@ -37,6 +37,7 @@ from ag2.network import (
     EV_CHANNEL_CLOSED,
     WORKFLOW_TYPE,
     AgentTarget,
+    BaseHubListener,
     Finish,
     FromSpeaker,
     Handoff,
@@ -45,6 +46,7 @@ from ag2.network import (
     Transition,
     TransitionGraph,
 )
+from ag2.network.hub import Violation
 from ag2.testing import TestClient, TestConfig
 from ag2.tools import LocalEnvironment, SandboxCodeTool, SandboxShellTool
 from ag2.tools.subagents import background_agent_tool
@@ -376,6 +378,68 @@ async def network_graph() -> Expected:
                               ("reviewer", "termination", None)])
 
 
+class StallAfterFailure:
+    """The workflow's ``turn_within`` expectation, judged by a stand-in clock: the speaker the
+    channel waits for is overdue once its turn has failed. Only the fail-fast one (its
+    handler, ``auto_close``, closes the channel) fires; the ``warn`` one has no handler."""
+
+    name = "turn_within"
+
+    def __init__(self) -> None:
+        self.failed = asyncio.Event()
+
+    def evaluate(self, expectation: Any, context: Any) -> Violation | None:
+        if expectation.on_violation != "auto_close" or not self.failed.is_set():
+            return None
+        return Violation(expectation, violator_ids=[context.state.expected_next_speaker])
+
+
+class TurnFailures(BaseHubListener):
+    """The program's own listener: tells the stand-in clock a turn failed."""
+
+    def __init__(self, stall: StallAfterFailure) -> None:
+        self.stall = stall
+
+    async def on_turn_failed(self, *args: Any) -> None:
+        self.stall.failed.set()
+
+
+async def network_failures() -> Expected:
+    """A workflow channel where things go wrong: the triager's provider fails (the hub reports
+    the failed turn), the channel then waits for it past its ``turn_within`` expectation, whose
+    violation closes the channel."""
+    ledger = Ledger()
+    hub = await Hub.open(MemoryKnowledgeStore(), ttl_sweep_interval=0,
+                         expectation_sweep_interval=0.01)
+    stall = StallAfterFailure()
+    hub.register_expectation_evaluator(stall)
+    hub.register_listener(TurnFailures(stall))
+    try:
+        lead = await hub.register(Agent("lead", config=AcrossTurns()))
+        triager = await hub.register(Agent("triager", config=AcrossTurns(
+            ConnectionError("provider unreachable"))))
+        graph = TransitionGraph(
+            initial_speaker=lead.agent_id,
+            transitions=[Transition(when=FromSpeaker(lead.agent_id),
+                                    then=AgentTarget(triager.agent_id))],
+            default_target=TerminateTarget(reason="fall_through"), max_turns=10)
+        channel = await lead.open(type=WORKFLOW_TYPE, target=[triager.agent_id],
+                                  knobs={"graph": graph.to_dict()})
+        await channel.send(f"Triage the incident report ({SECRET}).")
+        await lead.wait_for_channel_event(
+            channel_id=channel.channel_id, timeout=60.0,
+            predicate=lambda envelope: envelope.event_type == EV_CHANNEL_CLOSED)
+    finally:
+        await hub.close()
+    return Expected({"conversation": 1, "message": 3, "handoff": 1, "agent_call": 1,
+                     "llm_call": 1}, ledger,
+                    failed={"conversation": 1, "message": 2, "agent_call": 1, "llm_call": 1},
+                    nesting=[("lead", "message", "conversation"),
+                             ("triager", "message", "conversation"),
+                             ("triager", "agent_call", "conversation")],
+                    handoffs=[("lead", "transition", "triager")])
+
+
 async def sandbox_tools() -> Expected:
     """The sandbox tools run what the model wrote in a local sandbox: code that succeeds and
     code that exits 3, an allowed shell command and one the tool's filter refuses."""
@@ -468,6 +532,7 @@ SCENARIOS: dict[str, Callable[[], Awaitable[Expected]]] = {
     "model_failure": model_failure,
     "network_workflow": network_workflow,
     "network_graph": network_graph,
+    "network_failures": network_failures,
     "sandbox_tools": sandbox_tools,
     "memory_upkeep": memory_upkeep,
     "live_session": live_session,

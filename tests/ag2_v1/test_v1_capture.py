@@ -235,3 +235,48 @@ class TestHistoryReading:
 REQUEST = ModelRequest([TextInput("Rebuild the index.")])
 ASKED = ModelResponse(None)
 RESULTS = ToolResultsEvent(results=[])
+
+
+class TestHubListener:
+    """What the hub reports that went wrong, fed to the capture listener as the hub calls it."""
+
+    def _listener(self):
+        from agent_shim.ag2_v1.network import CaptureListener  # imports ag2.network (opt-in)
+
+        tracker, sink = recording_tracker()
+        return CaptureListener(Runtime(tracker), hub=None), sink
+
+    def test_a_failed_dispatch_is_a_failed_message_to_the_recipient(self):
+        from ag2.network import Envelope
+
+        listener, sink = self._listener()
+        listener.names.update(a1="lead", a2="far")
+        envelope = Envelope(channel_id="c1", sender_id="a1", audience=None,
+                            event_type="ag2.msg.text", event_data={"text": "hello"},
+                            envelope_id="e1")
+        asyncio.run(listener.on_dispatch_failed(envelope, "a2", LookupError("no remote proxy")))
+        events, _, problems = rows_from_records(sink.records)
+        assert problems == []
+        assert [(e["event_type"], e["event_subtype"], e["agent_name"], e["status"],
+                 e["error_message"], e["inputs"]["recipient"], e["meta"]["envelope_id"])
+                for e in events] == [("message", "dispatch_failed", "lead", "failed",
+                                      "LookupError: no remote proxy", "far", "e1")]
+
+    def test_unknown_channels_and_agents_are_recorded_as_the_hub_names_them(self):
+        # A notice about a channel that was never seen opening (another process's hub, or
+        # one opened before install) has no parent: it goes in the run; unknown agent ids are
+        # kept as they are.
+        listener, sink = self._listener()
+        asyncio.run(listener.on_turn_failed("never-seen", "a9", "e9", RuntimeError("boom")))
+        events, _, problems = rows_from_records(sink.records)
+        assert problems == []
+        assert [(e["event_subtype"], e["agent_name"], e["parent_event_id"], e["error_message"])
+                for e in events] == [("turn_failed", "a9", None, "RuntimeError: boom")]
+
+    def test_a_malformed_report_disables_the_listener_not_the_hub(self):
+        # The hub calls listeners with its own objects; anything else (here an envelope that
+        # is not one) is our failure: capture switches off, logged once, the hub goes on.
+        listener, sink = self._listener()
+        asyncio.run(listener.on_dispatch_failed(object(), "a2", RuntimeError("x")))
+        assert listener.runtime.disabled == ["hub listener _dispatch_failed"]
+        assert [r for r in sink.records if r["k"] == "event"] == []
