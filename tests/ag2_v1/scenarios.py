@@ -27,6 +27,7 @@ from ag2.events import (
     ModelResponse,
     ToolCallEvent,
     ToolCallsEvent,
+    TranscriptionCompletedEvent,
     Usage,
     UsageEvent,
 )
@@ -480,12 +481,14 @@ async def memory_upkeep() -> Expected:
 
 
 class ScriptedRealtime:
-    """A realtime provider's session, scripted: once open, it emits what OpenAI's does for two
-    responses (a tool call, then an answer): each response's ``UsageEvent`` and
-    ``ModelResponse``, from a task of its own as the provider's receive loop."""
+    """A realtime provider's session, scripted: once open, it emits what OpenAI's does for what
+    the user said and two responses (a tool call, then an answer): the transcript of the user's
+    speech, each response's ``UsageEvent`` and ``ModelResponse``, from a task of its own as the
+    provider's receive loop."""
 
-    def __init__(self, *responses: ModelResponse) -> None:
+    def __init__(self, *responses: ModelResponse, heard: str = "") -> None:
         self.responses = responses
+        self.heard = heard
         self.done = asyncio.Event()
 
     @asynccontextmanager
@@ -497,6 +500,7 @@ class ScriptedRealtime:
             await task
 
     async def _receive(self, context: Context) -> None:
+        await context.send(TranscriptionCompletedEvent(self.heard))
         for response in self.responses:
             for tool_call in response.tool_calls.calls if response.tool_calls else ():
                 await context.send(tool_call)
@@ -507,17 +511,22 @@ class ScriptedRealtime:
 
 
 async def live_session() -> Expected:
-    """A ``LiveAgent`` session on a scripted realtime provider: a tool call, two responses."""
+    """A ``LiveAgent`` session on a scripted realtime provider: what the user said, a tool
+    call, two responses (the first a tool call only, the second with text)."""
     ledger = Ledger()
     provider = ScriptedRealtime(
         ledger.response(None, call("add", a=4, b=5), prompt=500, completion=60),
-        ledger.response("Nine.", prompt=620, completion=30, cached=300))
+        ledger.response("Nine.", prompt=620, completion=30, cached=300),
+        heard=f"What is four plus five? My key is {SECRET}.")
     agent = LiveAgent("voice", config=provider, tools=[add])
     async with agent.run():
         await provider.done.wait()
-    return Expected({"conversation": 1, "agent_call": 1, "llm_call": 2, "tool_call": 1}, ledger,
+    # Messages: the user's transcript, the second response's text.
+    return Expected({"conversation": 1, "agent_call": 1, "llm_call": 2, "tool_call": 1,
+                     "message": 2}, ledger,
                     nesting=[("voice", "tool_call", "agent_call"),
                              ("voice", "llm_call", "agent_call"),
+                             ("voice", "message", "agent_call"),
                              ("voice", "agent_call", "conversation")])
 
 
