@@ -16,7 +16,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from ag2.network import BaseHubListener, Hub, TransitionGraph
+from ag2.network import BaseHubListener, Hub, TransitionGraph, WorkflowAdapter, WorkflowState
 
 from .capture import Runtime
 
@@ -51,7 +51,13 @@ class CaptureListener(BaseHubListener):  # type: ignore[misc]
         self._guarded(self._channel_event, channel_id, kind, payload)
 
     async def on_envelope_posted(self, envelope: Any, metadata: Any) -> None:
-        self._guarded(self._envelope, envelope)
+        state = None
+        if self.runtime.enabled and envelope.event_type in (_TEXT, _PACKET):
+            try:
+                state = await self._folded(envelope, metadata)
+            except Exception as exc:
+                self.runtime.disable("hub listener replay", exc)
+        self._guarded(self._envelope, envelope, None, state)
 
     async def on_envelope_rejected(self, envelope: Any, reason: BaseException) -> None:
         self._guarded(self._envelope, envelope, reason)
@@ -111,7 +117,30 @@ class CaptureListener(BaseHubListener):  # type: ignore[misc]
             self.runtime.tracker.end_span(span, status=status, outputs={"reason": reason},
                                           error=reason if status == "failed" else None)
 
-    def _envelope(self, envelope: Any, rejected: BaseException | None = None) -> None:
+    def current_state(self, channel_id: str) -> Any:
+        """The state the hub has folded for a channel so far."""
+        return self.hub.adapter_state(channel_id)
+
+    async def _folded(self, envelope: Any, metadata: Any) -> WorkflowState | None:
+        """The workflow state the hub folded for ``envelope`` (``None``: not a workflow
+        channel). Usually its current state; when the hub has accepted another envelope of the
+        channel before telling listeners about this one, it is replayed from the channel's
+        write-ahead log, as the hub itself rebuilds a channel's state when it hydrates."""
+        state = self.current_state(envelope.channel_id)
+        if not isinstance(state, WorkflowState):
+            return None
+        if state.last_envelope_id == envelope.envelope_id:
+            return state
+        adapter = WorkflowAdapter()
+        replayed = adapter.initial_state(metadata)
+        for logged in await self.hub.read_wal(envelope.channel_id):
+            replayed = adapter.fold(logged, replayed)
+            if logged.envelope_id == envelope.envelope_id:
+                return replayed  # type: ignore[no-any-return]
+        return None
+
+    def _envelope(self, envelope: Any, rejected: BaseException | None = None,
+                  state: WorkflowState | None = None) -> None:
         kind = envelope.event_type
         if kind not in (_TEXT, _PACKET):
             return
@@ -132,7 +161,7 @@ class CaptureListener(BaseHubListener):  # type: ignore[misc]
         if rejected is None:
             routing = data.get("routing") if kind == _PACKET else None
             self._transition(envelope, sender, scope,
-                             routing if isinstance(routing, dict) else {})
+                             routing if isinstance(routing, dict) else {}, state)
 
     def _dispatch_failed(self, envelope: Any, recipient_id: str, reason: BaseException) -> None:
         self._notice(envelope.channel_id, "dispatch_failed", self.name(envelope.sender_id),
@@ -163,21 +192,18 @@ class CaptureListener(BaseHubListener):  # type: ignore[misc]
             meta={"channel_id": channel_id, **meta})
 
     def _transition(self, envelope: Any, sender: str | None, scope: Any,
-                    routing: dict[str, Any]) -> None:
+                    routing: dict[str, Any], state: WorkflowState | None) -> None:
         """The ``handoff`` an accepted envelope decided: its packet's routing (a tool's
         ``Handoff`` or ``Finish``), else the workflow graph (a transition, the default target,
         the turn limit), read from the state the hub folded for this very envelope."""
-        state = self.hub.adapter_state(envelope.channel_id)
-        if getattr(state, "last_envelope_id", None) != envelope.envelope_id:
-            state = None  # not a workflow channel, or already folded past this envelope
         kind = routing.get("kind")
         if kind == "finish":
             decision = Decision("termination", "finish", None, routing.get("reason"))
         elif kind == "handoff" and routing.get("target"):
             decision = Decision("handoff", "handoff", routing["target"], routing.get("reason"))
-        elif state is not None and getattr(state, "graph_data", None):
+        elif state is not None and state.graph_data:
             decision = graph_decision(state, envelope)
-        elif kind == "handoff":  # a static ToolCalled rule, whose pick the state no longer shows
+        elif kind == "handoff":  # a static ToolCalled rule, in a channel with no state to read
             decision = Decision("transition", "tool_called", None, routing.get("reason"))
         else:
             return

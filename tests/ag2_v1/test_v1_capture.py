@@ -280,3 +280,29 @@ class TestHubListener:
         asyncio.run(listener.on_dispatch_failed(object(), "a2", RuntimeError("x")))
         assert listener.runtime.disabled == ["hub listener _dispatch_failed"]
         assert [r for r in sink.records if r["k"] == "event"] == []
+
+
+@pytest.mark.parametrize("name", ["network_workflow", "network_graph"])
+def test_routing_the_hub_has_folded_past_is_replayed_from_its_log(name, capture, monkeypatch):
+    # When the hub accepts another envelope of the channel before telling listeners about this
+    # one, its current state no longer shows where this one sent the channel: the capture
+    # replays the channel's write-ahead log up to it. Here every envelope looks folded past.
+    import dataclasses
+
+    from agent_shim.ag2_v1.network import CaptureListener
+
+    current = CaptureListener.current_state
+
+    def folded_past(self, channel_id):
+        state = current(self, channel_id)
+        return dataclasses.replace(state, last_envelope_id="a later one") if state else state
+
+    monkeypatch.setattr(CaptureListener, "current_state", folded_past)
+    tracker, sink = capture
+    with tracker.run(name) as run:
+        expected = asyncio.run(scenarios.SCENARIOS[name]())
+    events, costs, problems = rows_from_records(sink.records)
+    problems += check_v1_capture(events, costs, json.loads(expected.to_json()), scenarios.SECRET,
+                                 run=run.id)
+    assert ag2_v1.disabled_hooks() == []
+    assert problems == []
