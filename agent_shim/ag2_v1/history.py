@@ -49,16 +49,28 @@ class HistoryReader:
     def __init__(self, conversations: int = 1024) -> None:
         self._limit = conversations
         self._read: dict[Any, tuple[int, Any]] = {}
-        self._lock = threading.Lock()  # agents may run in several event loops' threads
+        #: Agents may run in several event loops' threads: each dict operation is atomic, and
+        #: a conversation's own LLM calls are one after another (AG2 serialises its turns).
+        self._lock = threading.Lock()
+
+    def _evict(self) -> None:
+        """Forget the least recently read conversations beyond the limit."""
+        positions = self._read
+        with self._lock:  # two threads' evictions must not pick the same oldest one
+            while len(positions) > self._limit:
+                try:
+                    positions.pop(next(iter(positions)), None)
+                except RuntimeError:  # another thread read a conversation meanwhile
+                    continue
 
     def unread(self, conversation: Any, events: Sequence[Any]) -> Sequence[Any]:
         """The events of ``conversation``'s history not read yet; they count as read now."""
         end = len(events)
-        with self._lock:
-            read = self._read.pop(conversation, None)
-            self._read[conversation] = (end, events[-1] if end else None)
-            if len(self._read) > self._limit:
-                del self._read[next(iter(self._read))]  # the least recently read
+        positions = self._read
+        read = positions.pop(conversation, None)  # popped and put back: most recent last
+        positions[conversation] = (end, events[-1] if end else None)
+        if len(positions) > self._limit:
+            self._evict()
         if read is not None:
             count, last = read
             if 0 < count <= end and events[count - 1] is last:

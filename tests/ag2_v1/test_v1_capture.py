@@ -306,3 +306,32 @@ def test_routing_the_hub_has_folded_past_is_replayed_from_its_log(name, capture,
                                  run=run.id)
     assert ag2_v1.disabled_hooks() == []
     assert problems == []
+
+
+def test_event_fields_read_from_the_instance_are_ag2s_own():
+    # The capture reads AG2 event fields from the instance's __dict__ (a tenth of the cost of
+    # AG2's descriptors): on every supported release, each field it reads there must be what
+    # AG2's own attribute gives. Something that is not an AG2 event has no fields to read.
+    from ag2.events import ToolCallEvent, ToolCallsEvent, ToolResultEvent, Usage, UsageEvent
+    from ag2.tools import ToolResult
+
+    from agent_shim.ag2_v1.capture import fields
+
+    usage = Usage(prompt_tokens=10, completion_tokens=2, total_tokens=12)
+    call = ToolCallEvent("add", arguments='{"a": 1}')
+    response = ModelResponse(ModelMessage("hi"), tool_calls=ToolCallsEvent([call]),
+                             usage=usage, model="gpt-4o-mini", provider="openai",
+                             finish_reason="stop")
+    cases = [
+        (response, ("provider", "model", "usage", "finish_reason", "tool_calls", "message")),
+        (response.message, ("content",)), (response.tool_calls, ("calls",)),
+        (call, ("id", "name", "arguments")), (REQUEST, ("parts",)),
+        (REQUEST.parts[0], ("content",)),
+        (ToolResultEvent(parent_id=call.id, name="add", result=ToolResult("2")), ("result",)),
+        (UsageEvent(usage, kind="compaction", model="m", provider="p", finish_reason="stop"),
+         ("provider", "model", "usage", "finish_reason", "kind")),
+    ]
+    for event, names in cases:
+        for name in names:
+            assert fields(event)[name] is getattr(event, name), (type(event).__name__, name)
+    assert fields(object()) == {}
