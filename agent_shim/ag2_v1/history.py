@@ -5,7 +5,7 @@ calls to tools the agent does not have (AG2 answers them with a ``ToolNotFoundEv
 running tool middleware: a failed ``tool_call``), and the life of the sub-tasks its tools start
 (``as_tool``, ``run_subtask(s)``, ``background_agent_tool``: a ``message`` with each objective,
 then one with each result or failure). A stream subscription would see them as they are sent,
-but builds a ``fast_depends`` model each time (about 0.6 ms, eight times what this capture adds
+but builds a ``fast_depends`` model each time (about 0.6 ms, several times what this capture adds
 to a whole turn), so the history is read instead, from where the previous LLM call of the same
 conversation stopped reading. That is what makes the reading independent of when an event
 lands: a background task's ``TaskStarted`` can land before or after the tool round's

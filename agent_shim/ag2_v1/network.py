@@ -5,9 +5,12 @@
 the hub goes. A channel is a ``conversation`` span from its creation to its close or expiry;
 its text and packet envelopes are ``message`` events in it, and where a workflow channel goes
 after each (a tool's ``Handoff`` or ``Finish``, a graph transition, the graph's default target,
-its turn limit) is a ``handoff`` event. A turn an envelope
-triggers finds its channel in the turn's dependencies (``ag2.network.channel``, stamped by the
-network client) and hangs under the channel's span (see ``capture.CaptureMiddleware``).
+its turn limit) is a ``handoff`` event (read from the state the hub folded for that envelope,
+replayed from the channel's log when the hub has moved on). Failed turns, expectation
+violations and failed dispatches the hub reports are failed ``message`` points in the channel.
+A turn an envelope triggers finds its channel in the turn's dependencies
+(``ag2.network.channel``, stamped by the network client) and hangs under the channel's span
+(see ``capture.CaptureMiddleware``).
 """
 
 from __future__ import annotations
