@@ -6,8 +6,11 @@ middleware (``on_tool_execution``). ``patch_live`` patches ``LiveAgent.__init__`
 capture middleware, as for ``Agent``, and wraps ``LiveAgent.run``: the session is an
 ``agent_call`` span (subtype ``live``; in a ``conversation`` of its own when it starts outside any
 turn), the current scope from before the provider's session opens, so its tasks and the tool
-calls they trigger hang under it; each response's usage, which only a ``UsageEvent`` reports, is an
-``llm_call`` point with its cost row.
+calls they trigger hang under it. One subscription to the session's stream (the only one a
+session pays for) sees what only the stream carries: each response's usage, which only a
+``UsageEvent`` reports (an ``llm_call`` point with its cost row), the text of each response (its
+``ModelResponse``: a ``message`` point from the agent) and each transcript of what the user said
+(``TranscriptionCompletedEvent``: a ``message`` point to the agent). Audio is not recorded.
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from ag2.events import UsageEvent
+from ag2.events import ModelResponse, TranscriptionCompletedEvent, UsageEvent
 from ag2.live.realtime import LiveAgent
 
-from ..context import CURRENT
+from ..context import CURRENT, Scope
 from ..tracker import Span
 from .capture import TURN, CaptureFactory, Runtime, record_usage_event, reset
 
@@ -88,16 +91,33 @@ class LiveSession:
             return cls(runtime, agent, None, None)
 
     def watching(self, context: Any) -> Any:
-        """Subscribe to the session's stream for the usage of each response."""
-        return context.stream.where(UsageEvent).sub_scope(self._record_usage)
+        """Subscribe to the session's stream for each response's usage and text, and for
+        each transcript of the user's speech."""
+        return context.stream.where(UsageEvent | ModelResponse | TranscriptionCompletedEvent
+                                    ).sub_scope(self._record)
 
-    async def _record_usage(self, event: UsageEvent) -> None:
-        if self.span is None or event.kind != "model_call" or not self.runtime.enabled:
+    async def _record(self, event: Any) -> None:
+        if self.span is None or not self.runtime.enabled:
             return
         try:
-            record_usage_event(self.runtime, self.agent, event, self.span.inner, "live")
+            self._record_event(event, self.span.inner)
         except Exception as exc:
-            self.runtime.disable("live usage", exc)
+            self.runtime.disable("live stream", exc)
+
+    def _record_event(self, event: Any, scope: Scope) -> None:
+        agent, tracker = self.agent, self.runtime.tracker
+        if isinstance(event, UsageEvent):
+            if event.kind == "model_call":
+                record_usage_event(self.runtime, agent, event, scope, "live")
+        elif isinstance(event, ModelResponse):
+            if event.content is not None:  # audio-only and tool-call-only responses have none
+                tracker.event("message", subtype="live_response", agent_name=agent,
+                              scope=scope, inputs={"sender": agent, "recipient": None,
+                                                   "content": event.content})
+        else:
+            tracker.event("message", subtype="live_transcript", agent_name=agent, scope=scope,
+                          inputs={"sender": None, "recipient": agent,
+                                  "content": event.content})
 
     def close(self, exc: BaseException | None) -> None:
         if self.span is None or self.tokens is None:

@@ -50,11 +50,22 @@ class Tokens(NamedTuple):
         """From an ``ag2.events.Usage`` (token counts are floats there)."""
         if usage is None:
             return _NO_TOKENS
-        counts = [getattr(usage, field, None) for field in _USAGE_FIELDS]
-        counts = [int(v) if isinstance(v, (int, float)) else None for v in counts]
-        if counts[2] is None and counts[0] is not None:  # no total: prompt + completion
-            counts[2] = counts[0] + (counts[1] or 0)
-        return cls._make(counts)
+        counts: tuple[Any, ...]
+        try:  # AG2's ``Usage`` (slots): plain attributes
+            counts = (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens,
+                      usage.cache_read_input_tokens, usage.cache_creation_input_tokens,
+                      usage.thinking_tokens)
+        except AttributeError:  # something else reported usage: what it has of it
+            counts = tuple(getattr(usage, field, None) for field in _USAGE_FIELDS)
+        prompt, completion, total, cached, written, reasoning = map(_count, counts)
+        if total is None and prompt is not None:  # no total: prompt + completion
+            total = prompt + (completion or 0)
+        return cls(prompt, completion, total, cached, written, reasoning)
+
+
+def _count(value: Any) -> int | None:
+    """A token count as AG2 reports it (a float, or ``None``), as an integer."""
+    return int(value) if isinstance(value, (int, float)) else None
 
 
 #: ``ag2.events.Usage``'s fields, in the order of :class:`Tokens`.
@@ -130,10 +141,12 @@ class _Found:
         self.model = model
         self.record = {"table": TABLE, "version": version, "status": "priced",
                        "provider": provider.id, "model": model.id}
-        #: Flat per-million rates: input, output, cache read, cache write (``None``: not flat).
-        self._rates = tuple(rate if isinstance(rate, Decimal) else None for rate in (
-            getattr(prices, name, None)
-            for name in ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")))
+        #: Flat rates per token: input, output, cache read, cache write (``None``: not flat).
+        #: Floats: a call's cost is a float anyway, and Decimal arithmetic costs microseconds.
+        self._rates = tuple(float(rate) / 1_000_000 if isinstance(rate, Decimal) else None
+                            for rate in (getattr(prices, name, None) for name in (
+                                "input_mtok", "output_mtok", "cache_read_mtok",
+                                "cache_write_mtok")))
 
     def cost(self, provider: str | None, tokens: Tokens) -> float:
         """The table's input tokens include cache reads and writes, its output tokens include
@@ -157,13 +170,13 @@ class _Found:
         """The table's flat per-million rates applied as the table applies them: input tokens
         less the cached ones at the input rate, output, cache reads and writes at their own
         rates; ``None`` when a token class this call used has no flat rate of its own."""
-        total = Decimal(0)
+        total = 0.0
         for rate, n in zip(self._rates, counts, strict=True):
             if n:
                 if rate is None:
                     return None
                 total += rate * n
-        return float(total / 1_000_000)
+        return total
 
 
 class _Table:

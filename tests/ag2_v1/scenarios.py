@@ -27,6 +27,7 @@ from ag2.events import (
     ModelResponse,
     ToolCallEvent,
     ToolCallsEvent,
+    TranscriptionCompletedEvent,
     Usage,
     UsageEvent,
 )
@@ -37,6 +38,7 @@ from ag2.network import (
     EV_CHANNEL_CLOSED,
     WORKFLOW_TYPE,
     AgentTarget,
+    BaseHubListener,
     Finish,
     FromSpeaker,
     Handoff,
@@ -45,6 +47,7 @@ from ag2.network import (
     Transition,
     TransitionGraph,
 )
+from ag2.network.hub import Violation
 from ag2.testing import TestClient, TestConfig
 from ag2.tools import LocalEnvironment, SandboxCodeTool, SandboxShellTool
 from ag2.tools.subagents import background_agent_tool
@@ -216,21 +219,38 @@ async def parallel_subtasks() -> Expected:
 async def background_agent() -> Expected:
     """A coordinator starts a worker agent in the background (``background_agent_tool``): the
     worker's turn outlives the tool call that started it, and its result reaches the
-    coordinator in the next ``ask``."""
+    coordinator in the next ``ask``. The worker's tool holds until the first ``ask`` has
+    returned, so that the result cannot reach that one (AG2 delivers a result that arrives in
+    time to the running turn); when its ``TaskStarted`` lands is left to the event loop."""
     ledger = Ledger()
-    worker = Agent("worker", config=config(ledger.response("Index rebuilt.")))
+    first_ask_done = asyncio.Event()
+
+    async def hold() -> str:
+        """Waits for the go-ahead."""
+        await first_ask_done.wait()
+        return "go"
+
+    worker = Agent("worker", tools=[hold], config=config(
+        ledger.response(None, call("hold")), ledger.response("Index rebuilt.")))
     coordinator = Agent("coordinator", tools=[background_agent_tool(
         worker, description="Runs a job in the background.")], config=config(
         ledger.response(None, call("background_task_worker", objective="Rebuild the index")),
         ledger.response("Started it."), ledger.response("It is done.")))
     reply = await coordinator.ask("Rebuild the index.")
+    first_ask_done.set()
     # The background task is the program's only other task: wait until it has delivered.
     await asyncio.gather(*(asyncio.all_tasks() - {asyncio.current_task()}))
     await reply.ask("Is it done?")
-    return Expected({"conversation": 2, "agent_call": 3, "llm_call": 4, "tool_call": 1,
-                     "message": 1}, ledger,
+    # The task's objective, read at the coordinator's next LLM call, and its result, read at
+    # the first LLM call of the follow-up turn it is delivered to: both under the coordinator's
+    # turns.
+    return Expected({"conversation": 2, "agent_call": 3, "llm_call": 5, "tool_call": 2,
+                     "message": 2}, ledger,
                     nesting=[("worker", "agent_call", "tool_call"),
-                             ("worker", "llm_call", "agent_call")])
+                             ("worker", "llm_call", "agent_call"),
+                             ("worker", "tool_call", "agent_call"),
+                             ("coordinator", "message", "agent_call"),
+                             ("worker", "message", "agent_call")])
 
 
 async def human_approval() -> Expected:
@@ -359,6 +379,68 @@ async def network_graph() -> Expected:
                               ("reviewer", "termination", None)])
 
 
+class StallAfterFailure:
+    """The workflow's ``turn_within`` expectation, judged by a stand-in clock: the speaker the
+    channel waits for is overdue once its turn has failed. Only the fail-fast one (its
+    handler, ``auto_close``, closes the channel) fires; the ``warn`` one has no handler."""
+
+    name = "turn_within"
+
+    def __init__(self) -> None:
+        self.failed = asyncio.Event()
+
+    def evaluate(self, expectation: Any, context: Any) -> Violation | None:
+        if expectation.on_violation != "auto_close" or not self.failed.is_set():
+            return None
+        return Violation(expectation, violator_ids=[context.state.expected_next_speaker])
+
+
+class TurnFailures(BaseHubListener):
+    """The program's own listener: tells the stand-in clock a turn failed."""
+
+    def __init__(self, stall: StallAfterFailure) -> None:
+        self.stall = stall
+
+    async def on_turn_failed(self, *args: Any) -> None:
+        self.stall.failed.set()
+
+
+async def network_failures() -> Expected:
+    """A workflow channel where things go wrong: the triager's provider fails (the hub reports
+    the failed turn), the channel then waits for it past its ``turn_within`` expectation, whose
+    violation closes the channel."""
+    ledger = Ledger()
+    hub = await Hub.open(MemoryKnowledgeStore(), ttl_sweep_interval=0,
+                         expectation_sweep_interval=0.01)
+    stall = StallAfterFailure()
+    hub.register_expectation_evaluator(stall)
+    hub.register_listener(TurnFailures(stall))
+    try:
+        lead = await hub.register(Agent("lead", config=AcrossTurns()))
+        triager = await hub.register(Agent("triager", config=AcrossTurns(
+            ConnectionError("provider unreachable"))))
+        graph = TransitionGraph(
+            initial_speaker=lead.agent_id,
+            transitions=[Transition(when=FromSpeaker(lead.agent_id),
+                                    then=AgentTarget(triager.agent_id))],
+            default_target=TerminateTarget(reason="fall_through"), max_turns=10)
+        channel = await lead.open(type=WORKFLOW_TYPE, target=[triager.agent_id],
+                                  knobs={"graph": graph.to_dict()})
+        await channel.send(f"Triage the incident report ({SECRET}).")
+        await lead.wait_for_channel_event(
+            channel_id=channel.channel_id, timeout=60.0,
+            predicate=lambda envelope: envelope.event_type == EV_CHANNEL_CLOSED)
+    finally:
+        await hub.close()
+    return Expected({"conversation": 1, "message": 3, "handoff": 1, "agent_call": 1,
+                     "llm_call": 1}, ledger,
+                    failed={"conversation": 1, "message": 2, "agent_call": 1, "llm_call": 1},
+                    nesting=[("lead", "message", "conversation"),
+                             ("triager", "message", "conversation"),
+                             ("triager", "agent_call", "conversation")],
+                    handoffs=[("lead", "transition", "triager")])
+
+
 async def sandbox_tools() -> Expected:
     """The sandbox tools run what the model wrote in a local sandbox: code that succeeds and
     code that exits 3, an allowed shell command and one the tool's filter refuses."""
@@ -399,12 +481,14 @@ async def memory_upkeep() -> Expected:
 
 
 class ScriptedRealtime:
-    """A realtime provider's session, scripted: once open, it emits what OpenAI's does for two
-    responses (a tool call, then an answer): each response's ``UsageEvent`` and
-    ``ModelResponse``, from a task of its own as the provider's receive loop."""
+    """A realtime provider's session, scripted: once open, it emits what OpenAI's does for what
+    the user said and two responses (a tool call, then an answer): the transcript of the user's
+    speech, each response's ``UsageEvent`` and ``ModelResponse``, from a task of its own as the
+    provider's receive loop."""
 
-    def __init__(self, *responses: ModelResponse) -> None:
+    def __init__(self, *responses: ModelResponse, heard: str = "") -> None:
         self.responses = responses
+        self.heard = heard
         self.done = asyncio.Event()
 
     @asynccontextmanager
@@ -416,6 +500,7 @@ class ScriptedRealtime:
             await task
 
     async def _receive(self, context: Context) -> None:
+        await context.send(TranscriptionCompletedEvent(self.heard))
         for response in self.responses:
             for tool_call in response.tool_calls.calls if response.tool_calls else ():
                 await context.send(tool_call)
@@ -426,17 +511,22 @@ class ScriptedRealtime:
 
 
 async def live_session() -> Expected:
-    """A ``LiveAgent`` session on a scripted realtime provider: a tool call, two responses."""
+    """A ``LiveAgent`` session on a scripted realtime provider: what the user said, a tool
+    call, two responses (the first a tool call only, the second with text)."""
     ledger = Ledger()
     provider = ScriptedRealtime(
         ledger.response(None, call("add", a=4, b=5), prompt=500, completion=60),
-        ledger.response("Nine.", prompt=620, completion=30, cached=300))
+        ledger.response("Nine.", prompt=620, completion=30, cached=300),
+        heard=f"What is four plus five? My key is {SECRET}.")
     agent = LiveAgent("voice", config=provider, tools=[add])
     async with agent.run():
         await provider.done.wait()
-    return Expected({"conversation": 1, "agent_call": 1, "llm_call": 2, "tool_call": 1}, ledger,
+    # Messages: the user's transcript, the second response's text.
+    return Expected({"conversation": 1, "agent_call": 1, "llm_call": 2, "tool_call": 1,
+                     "message": 2}, ledger,
                     nesting=[("voice", "tool_call", "agent_call"),
                              ("voice", "llm_call", "agent_call"),
+                             ("voice", "message", "agent_call"),
                              ("voice", "agent_call", "conversation")])
 
 
@@ -451,6 +541,7 @@ SCENARIOS: dict[str, Callable[[], Awaitable[Expected]]] = {
     "model_failure": model_failure,
     "network_workflow": network_workflow,
     "network_graph": network_graph,
+    "network_failures": network_failures,
     "sandbox_tools": sandbox_tools,
     "memory_upkeep": memory_upkeep,
     "live_session": live_session,

@@ -13,12 +13,26 @@ from pathlib import Path, PurePosixPath
 import genai_prices
 import pytest
 import scenarios
+from ag2 import MemoryStream
+from ag2.context import ConversationContext
+from ag2.events import (
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    TaskCompleted,
+    TaskStarted,
+    TextInput,
+    ToolNotFoundEvent,
+    ToolResultsEvent,
+)
 from ag2.tools.sandbox.adapter import CodeAdapter
 from ag2_checks import rows_from_records
 from checks import check_v1_capture
 
 from agent_shim import ag2_v1
+from agent_shim.ag2_v1.capture import CaptureFactory, Runtime
 from agent_shim.ag2_v1.pricing import PriceTable, Tokens
+from agent_shim.testing import recording_tracker
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -153,3 +167,171 @@ def test_flat_rates_price_a_call_as_the_table_itself_does():
         genai_prices.Usage(input_tokens=12_000, output_tokens=900, cache_read_tokens=4_000),
         "gpt-4o-mini", provider_id="openai").total_price
     assert ours == pytest.approx(float(theirs), rel=1e-12)
+
+
+class TestHistoryReading:
+    """What no hook sees (sub-task events, unknown tools) is read from the history AG2 hands
+    each LLM call: every such event once, wherever and whenever it lands."""
+
+    STARTED = TaskStarted(task_id="t1", agent_name="worker", objective="Rebuild the index",
+                          parent_tool_call_id="c1")
+    COMPLETED = TaskCompleted(task_id="t1", agent_name="worker", objective="Rebuild the index",
+                              result="Index rebuilt.")
+
+    def _llm_calls(self, *histories: list) -> list[tuple]:
+        """One LLM call of the coordinator per history (all of one conversation); the
+        messages and unknown-tool calls recorded, in order."""
+        tracker, sink = recording_tracker()
+        context = ConversationContext(stream=MemoryStream())
+        middleware = CaptureFactory("coordinator", Runtime(tracker))(REQUEST, context)
+
+        async def model(events, context):
+            return ModelResponse(ModelMessage("ok"))
+
+        async def calls():
+            for history in histories:
+                await middleware.on_llm_call(model, history, context)
+
+        asyncio.run(calls())
+        events, _, problems = rows_from_records(sink.records)
+        assert problems == []
+        return [(e["event_subtype"], e["agent_name"], (e["inputs"] or {}).get("recipient"))
+                for e in events if e["event_type"] != "llm_call"]
+
+    def test_a_task_started_after_the_tool_results_is_read(self):
+        # A background task's TaskStarted, sent from its own task, may land after the tool
+        # round's results (this was missed when only a history ending in results was read).
+        history = [REQUEST, ASKED, RESULTS, self.STARTED]
+        assert self._llm_calls(history) == [("task_started", "coordinator", "worker")]
+
+    def test_a_task_started_during_an_llm_call_is_read_at_the_next_one(self):
+        history = [REQUEST, ASKED, RESULTS]
+        first = list(history)
+        later = [*history, self.STARTED, ModelResponse(ModelMessage("Started it.")),
+                 self.COMPLETED]
+        assert self._llm_calls(first, later) == [
+            ("task_started", "coordinator", "worker"), ("task_completed", "worker", "coordinator")]
+
+    def test_events_are_read_once_however_often_the_history_is_handed_over(self):
+        history = [REQUEST, ASKED, RESULTS, self.STARTED]
+        assert self._llm_calls(history, history, history) == [
+            ("task_started", "coordinator", "worker")]
+
+    def test_a_rewritten_history_is_read_from_its_last_model_response(self):
+        # Compaction replaces the history (another list): what precedes the last model
+        # response was answered by an earlier call and is not read again.
+        history = [REQUEST, ASKED, RESULTS, self.STARTED]
+        compacted = [ModelRequest([TextInput("Summary.")]), self.STARTED,
+                     ModelResponse(ModelMessage("Started it.")), self.COMPLETED]
+        assert self._llm_calls(history, compacted) == [
+            ("task_started", "coordinator", "worker"), ("task_completed", "worker", "coordinator")]
+
+    def test_an_unknown_tool_is_a_failed_tool_call_once(self):
+        results = ToolResultsEvent(results=[ToolNotFoundEvent(parent_id="c9", name="no_such")])
+        history = [REQUEST, ASKED, results]
+        assert self._llm_calls(history, [*history]) == [("unknown_tool", "coordinator", None)]
+
+
+REQUEST = ModelRequest([TextInput("Rebuild the index.")])
+ASKED = ModelResponse(None)
+RESULTS = ToolResultsEvent(results=[])
+
+
+class TestHubListener:
+    """What the hub reports that went wrong, fed to the capture listener as the hub calls it."""
+
+    def _listener(self):
+        from agent_shim.ag2_v1.network import CaptureListener  # imports ag2.network (opt-in)
+
+        tracker, sink = recording_tracker()
+        return CaptureListener(Runtime(tracker), hub=None), sink
+
+    def test_a_failed_dispatch_is_a_failed_message_to_the_recipient(self):
+        from ag2.network import Envelope
+
+        listener, sink = self._listener()
+        listener.names.update(a1="lead", a2="far")
+        envelope = Envelope(channel_id="c1", sender_id="a1", audience=None,
+                            event_type="ag2.msg.text", event_data={"text": "hello"},
+                            envelope_id="e1")
+        asyncio.run(listener.on_dispatch_failed(envelope, "a2", LookupError("no remote proxy")))
+        events, _, problems = rows_from_records(sink.records)
+        assert problems == []
+        assert [(e["event_type"], e["event_subtype"], e["agent_name"], e["status"],
+                 e["error_message"], e["inputs"]["recipient"], e["meta"]["envelope_id"])
+                for e in events] == [("message", "dispatch_failed", "lead", "failed",
+                                      "LookupError: no remote proxy", "far", "e1")]
+
+    def test_unknown_channels_and_agents_are_recorded_as_the_hub_names_them(self):
+        # A notice about a channel that was never seen opening (another process's hub, or
+        # one opened before install) has no parent: it goes in the run; unknown agent ids are
+        # kept as they are.
+        listener, sink = self._listener()
+        asyncio.run(listener.on_turn_failed("never-seen", "a9", "e9", RuntimeError("boom")))
+        events, _, problems = rows_from_records(sink.records)
+        assert problems == []
+        assert [(e["event_subtype"], e["agent_name"], e["parent_event_id"], e["error_message"])
+                for e in events] == [("turn_failed", "a9", None, "RuntimeError: boom")]
+
+    def test_a_malformed_report_disables_the_listener_not_the_hub(self):
+        # The hub calls listeners with its own objects; anything else (here an envelope that
+        # is not one) is our failure: capture switches off, logged once, the hub goes on.
+        listener, sink = self._listener()
+        asyncio.run(listener.on_dispatch_failed(object(), "a2", RuntimeError("x")))
+        assert listener.runtime.disabled == ["hub listener _dispatch_failed"]
+        assert [r for r in sink.records if r["k"] == "event"] == []
+
+
+@pytest.mark.parametrize("name", ["network_workflow", "network_graph"])
+def test_routing_the_hub_has_folded_past_is_replayed_from_its_log(name, capture, monkeypatch):
+    # When the hub accepts another envelope of the channel before telling listeners about this
+    # one, its current state no longer shows where this one sent the channel: the capture
+    # replays the channel's write-ahead log up to it. Here every envelope looks folded past.
+    import dataclasses
+
+    from agent_shim.ag2_v1.network import CaptureListener
+
+    current = CaptureListener.current_state
+
+    def folded_past(self, channel_id):
+        state = current(self, channel_id)
+        return dataclasses.replace(state, last_envelope_id="a later one") if state else state
+
+    monkeypatch.setattr(CaptureListener, "current_state", folded_past)
+    tracker, sink = capture
+    with tracker.run(name) as run:
+        expected = asyncio.run(scenarios.SCENARIOS[name]())
+    events, costs, problems = rows_from_records(sink.records)
+    problems += check_v1_capture(events, costs, json.loads(expected.to_json()), scenarios.SECRET,
+                                 run=run.id)
+    assert ag2_v1.disabled_hooks() == []
+    assert problems == []
+
+
+def test_event_fields_read_from_the_instance_are_ag2s_own():
+    # The capture reads AG2 event fields from the instance's __dict__ (a tenth of the cost of
+    # AG2's descriptors): on every supported release, each field it reads there must be what
+    # AG2's own attribute gives. Something that is not an AG2 event has no fields to read.
+    from ag2.events import ToolCallEvent, ToolCallsEvent, ToolResultEvent, Usage, UsageEvent
+    from ag2.tools import ToolResult
+
+    from agent_shim.ag2_v1.capture import fields
+
+    usage = Usage(prompt_tokens=10, completion_tokens=2, total_tokens=12)
+    call = ToolCallEvent("add", arguments='{"a": 1}')
+    response = ModelResponse(ModelMessage("hi"), tool_calls=ToolCallsEvent([call]),
+                             usage=usage, model="gpt-4o-mini", provider="openai",
+                             finish_reason="stop")
+    cases = [
+        (response, ("provider", "model", "usage", "finish_reason", "tool_calls", "message")),
+        (response.message, ("content",)), (response.tool_calls, ("calls",)),
+        (call, ("id", "name", "arguments")), (REQUEST, ("parts",)),
+        (REQUEST.parts[0], ("content",)),
+        (ToolResultEvent(parent_id=call.id, name="add", result=ToolResult("2")), ("result",)),
+        (UsageEvent(usage, kind="compaction", model="m", provider="p", finish_reason="stop"),
+         ("provider", "model", "usage", "finish_reason", "kind")),
+    ]
+    for event, names in cases:
+        for name in names:
+            assert fields(event)[name] is getattr(event, name), (type(event).__name__, name)
+    assert fields(object()) == {}

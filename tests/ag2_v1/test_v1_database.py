@@ -35,8 +35,10 @@ def _stored(collector: CollectorProcess, total: int) -> tuple[list[dict], list[d
 
 
 def _nothing_leaked(dsn: str) -> None:
-    everything = fetch(dsn, "SELECT (SELECT string_agg(t::text, '') FROM execution_events t) || "
-                       "(SELECT string_agg(c::text, '') FROM cost_records c) || "
+    # Each table may be empty (a program whose every LLM call failed has no cost row).
+    everything = fetch(dsn, "SELECT coalesce((SELECT string_agg(t::text, '') "
+                       "FROM execution_events t), '') || "
+                       "coalesce((SELECT string_agg(c::text, '') FROM cost_records c), '') || "
                        "coalesce((SELECT string_agg(q::text, '') FROM quarantine q), '')")
     assert scenarios.SECRET not in everything[0][0]
     assert fetch(dsn, "SELECT count(*) FROM quarantine")[0][0] == 0
