@@ -304,7 +304,8 @@ def _plain_key(key: Any) -> Any:
     return describe(key)
 
 
-def _unfreeze(raw: bytes) -> Any:
+def thaw(raw: bytes) -> Any:
+    """A snapshot's value again (lists for arrays); never raises."""
     options: dict[str, Any] = {"raw": False, "strict_map_key": False,
                                "unicode_errors": _SURROGATES}
     try:
@@ -373,7 +374,7 @@ class Cleaner:
                 continue
             elif kind is bytes:
                 if name in PAYLOAD_FIELDS:
-                    record[name] = self._clean(_unfreeze(value), name, truncated, 1)
+                    record[name] = self._clean(thaw(value), name, truncated, 1)
                 elif name not in ID_FIELDS:
                     record[name] = f"<{len(value)} bytes>"
             elif kind is int:

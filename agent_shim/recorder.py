@@ -1,8 +1,9 @@
 """The recorder, the tracker's core: builds records on the caller's thread and hands them to a
 sink.
 
-The hot path is: read the current scope, build a small dict, snapshot the payloads, append to
-the sink's queue. No lock, no I/O, no exception into the caller.
+The hot path is: read the current scope, build a small dict (a span: a slotted object, which
+the sink turns into records on its own thread), snapshot the payloads, append to the sink's
+queue. No lock, no I/O, no exception into the caller.
 
 The workflow model (:mod:`agent_shim.workflow`) is built on a recorder; the public
 :class:`~agent_shim.tracker.Tracker` is a recorder with workflow runs.
@@ -20,16 +21,19 @@ from . import records
 from .config import ShimSettings
 from .context import CURRENT, Scope
 from .payload import describe_error
-from .records import Record
+from .records import Record, Span
 from .wire import new_id
 
 log = logging.getLogger(__name__)
 
 
 class Sink(Protocol):
-    """Where records go: the ZeroMQ sender in production, a list in tests."""
+    """Where records go: the ZeroMQ sender in production, a list in tests. A span is handed
+    over itself when it starts and again when it has ended; the sink makes its records."""
 
     def submit(self, record: Record) -> None: ...
+    def span_started(self, span: Span) -> None: ...
+    def span_ended(self, span: Span) -> None: ...
     def flush(self, timeout: float) -> bool: ...
     def shutdown(self, timeout: float) -> bool: ...
     def forked(self) -> Sink: ...
@@ -41,22 +45,6 @@ class WorkNode(Protocol):
     def agent_node(self, agent_name: str) -> bytes: ...
 
 
-class Span:
-    """An open span; ``inner`` is the scope of everything that happens inside it."""
-
-    __slots__ = ("id", "scope", "event_type", "agent_name")
-
-    def __init__(self, span_id: bytes, scope: Scope, event_type: str, agent_name: str | None):
-        self.id = span_id
-        self.scope = scope
-        self.event_type = event_type
-        self.agent_name = agent_name
-
-    @property
-    def inner(self) -> Scope:
-        return self.scope.child(self.id)
-
-
 class Recorder:
     """Records sessions, events, spans and costs where they belong (see :class:`Scope`)."""
 
@@ -64,8 +52,7 @@ class Recorder:
 
     def __init__(self, settings: ShimSettings, sink: Sink) -> None:
         self.settings = settings
-        self._sink = sink
-        self._submit = sink.submit
+        self._attach(sink)
         self._process_scope: Scope | None = None
         self._process_run_owned = False
         self._process_session_owned = False
@@ -73,6 +60,13 @@ class Recorder:
         #: Open phase and step nodes by id, and by the id of each of their sub-agent nodes:
         #: kept by the workflow model, read on every event that names an agent.
         self.work_nodes: dict[bytes | None, WorkNode] = {}
+
+    def _attach(self, sink: Sink) -> None:
+        # Its methods bound once: the hot path calls them with no lookup on the sink.
+        self._sink = sink
+        self._submit = sink.submit
+        self._span_started = sink.span_started
+        self._span_ended = sink.span_ended
 
     # --- where events go ------------------------------------------------------------------
 
@@ -152,9 +146,8 @@ class Recorder:
     ) -> Span:
         """Open a span (recorded at once as ``running``); the caller must :meth:`end_span` it."""
         scope = self._where(scope, agent_name)
-        span = Span(new_id(), scope, event_type, agent_name)
-        self._submit(records.span_start(scope, span.id, event_type, subtype=subtype,
-                                        agent_name=agent_name, inputs=inputs, meta=meta))
+        span = Span(scope, new_id(), event_type, subtype, agent_name, inputs, meta)
+        self._span_started(span)
         return span
 
     def end_span(
@@ -168,8 +161,8 @@ class Recorder:
         subtype: str | None = None,
     ) -> None:
         """Close a span; ``meta`` is merged into what the start recorded."""
-        self._submit(records.span_end(span.scope, span.id, span.event_type, subtype=subtype,
-                                      status=status, outputs=outputs, meta=meta, error=error))
+        span.end(status, outputs, meta, subtype, error)
+        self._span_ended(span)
 
     def span(self, event_type: str, **fields: Any) -> SpanScope:
         """``with``/``async with`` a span that is the parent of everything inside it."""
@@ -209,8 +202,7 @@ class Recorder:
         close."""
         self._lock = threading.Lock()
         self._process_run_owned = self._process_session_owned = False
-        self._sink = self._sink.forked()
-        self._submit = self._sink.submit
+        self._attach(self._sink.forked())
 
     @property
     def process_run(self) -> bytes | None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from .context import Scope
-from .payload import snapshot
+from .payload import snapshot, thaw
 from .wire import new_id, now_us
 
 Record = dict[str, Any]
@@ -71,24 +71,92 @@ def event(scope: Scope, event_id: bytes, event_type: str, *, subtype: str | None
             "meta": snapshot(meta), "error_message": error, "timestamp": now_us()}
 
 
-def span_start(scope: Scope, span_id: bytes, event_type: str, *, subtype: str | None,
-               agent_name: str | None, inputs: Any, meta: Any) -> Record:
-    now = now_us()
-    return {"k": "event", "id": span_id, "run_id": scope.run, "session_id": scope.session,
+class Span:
+    """An open span: what its start recorded and, once :meth:`end` is called, what its end
+    records. The recorder hands the span itself to its sink at both moments; the sink makes
+    the records (:func:`span_start`, :func:`span_end`, or :func:`span_whole` when the end
+    comes before the start was taken), so the caller builds no record and a short span
+    crosses the wire as one record. ``inner`` is the scope of everything inside it."""
+
+    __slots__ = ("id", "scope", "event_type", "agent_name", "subtype", "inputs", "meta",
+                 "started_at", "status", "outputs", "end_meta", "end_subtype", "error",
+                 "completed_at", "holder", "claims")
+
+    def __init__(self, scope: Scope, span_id: bytes, event_type: str, subtype: str | None,
+                 agent_name: str | None, inputs: Any, meta: Any) -> None:
+        self.id = span_id
+        self.scope = scope
+        self.event_type = event_type
+        self.subtype = subtype
+        self.agent_name = agent_name
+        self.inputs = snapshot(inputs)
+        self.meta = snapshot(meta)
+        self.started_at = now_us()
+        #: The sink's: who holds the queued start, and who claimed the span first (see
+        #: ``agent_shim.sender``).
+        self.holder: Any = None
+        self.claims: list[object] = []
+
+    @property
+    def inner(self) -> Scope:
+        return self.scope.child(self.id)
+
+    def end(self, status: str, outputs: Any, meta: Any, subtype: str | None,
+            error: str | None) -> None:
+        """Say how the span ended (the caller then hands it to the sink again)."""
+        self.status = status
+        self.outputs = snapshot(outputs)
+        self.end_meta = snapshot(meta)
+        self.end_subtype = subtype
+        self.error = error
+        self.completed_at = now_us()
+
+    def start_bytes(self) -> int:
+        """The payload bytes its start holds (a queue's bound counts them)."""
+        inputs, meta = self.inputs, self.meta
+        return (len(inputs) if inputs else 0) + (len(meta) if meta else 0)
+
+    def end_bytes(self) -> int:
+        outputs, meta = self.outputs, self.end_meta
+        return (len(outputs) if outputs else 0) + (len(meta) if meta else 0)
+
+
+def span_start(span: Span) -> Record:
+    scope, now = span.scope, span.started_at
+    return {"k": "event", "id": span.id, "run_id": scope.run, "session_id": scope.session,
             "node_id": scope.node, "parent_event_id": scope.span, "depth": scope.depth,
-            "event_type": event_type, "event_subtype": subtype, "agent_name": agent_name,
-            "status": "running", "inputs": snapshot(inputs), "meta": snapshot(meta),
-            "timestamp": now, "started_at": now}
+            "event_type": span.event_type, "event_subtype": span.subtype,
+            "agent_name": span.agent_name, "status": "running", "inputs": span.inputs,
+            "meta": span.meta, "timestamp": now, "started_at": now}
 
 
-def span_end(scope: Scope, span_id: bytes, event_type: str, *, subtype: str | None,
-             status: str, outputs: Any, meta: Any, error: str | None) -> Record:
+def span_end(span: Span) -> Record:
     # ``timestamp`` too: the end may be stored before its start (the earliest time wins).
-    now = now_us()
-    return {"k": "event", "id": span_id, "run_id": scope.run, "session_id": scope.session,
-            "event_type": event_type, "event_subtype": subtype, "status": status,
-            "outputs": snapshot(outputs), "meta": snapshot(meta), "error_message": error,
-            "timestamp": now, "completed_at": now}
+    scope, now = span.scope, span.completed_at
+    return {"k": "event", "id": span.id, "run_id": scope.run, "session_id": scope.session,
+            "event_type": span.event_type, "event_subtype": span.end_subtype,
+            "status": span.status, "outputs": span.outputs, "meta": span.end_meta,
+            "error_message": span.error, "timestamp": now, "completed_at": now}
+
+
+def span_whole(span: Span) -> Record | None:
+    """An ended span's start and end as one record, as the collector would merge them;
+    ``None`` if their ``meta`` are not both maps (the two records are sent instead)."""
+    meta: Any = span.meta
+    if meta is None:
+        meta = span.end_meta
+    elif span.end_meta is not None:
+        start, end = thaw(meta), thaw(span.end_meta)
+        if not (isinstance(start, dict) and isinstance(end, dict)):
+            return None
+        meta = {**start, **end}  # the ``merge`` rule: the end's keys win
+    record = span_start(span)
+    subtype = span.end_subtype
+    record.update(status=span.status, outputs=span.outputs, meta=meta,
+                  error_message=span.error, completed_at=span.completed_at)
+    if subtype is not None:
+        record["event_subtype"] = subtype
+    return record
 
 
 def cost(scope: Scope, *, model: str | None, agent_name: str | None, prompt_tokens: int | None,

@@ -36,9 +36,11 @@ from typing import Any
 
 import zmq
 
+from . import records
 from .config import ShimSettings
 from .delivery import Delivery
-from .framing import DropCounts, Framer, Record, payload_bytes
+from .framing import DropCounts, Framer, Record, payload_bytes, run_of
+from .records import Span
 from .spool import Spool
 from .transport import SettingsError, ZmqTransport
 
@@ -67,16 +69,26 @@ class Mode(enum.Enum):
 _OPEN, _CLOSING = Mode.OPEN, Mode.CLOSING
 
 
+#: Who claimed an open span first: the thread taking its start, or the caller ending it.
+_TAKEN, _ENDED = object(), object()
+
+
 class RecordQueue:
-    """Records waiting for the thread, bounded in count and in payload bytes.
+    """Records and open spans waiting for the thread, bounded in count and in payload bytes.
 
     One producer side (any caller thread) and one consumer (the sender thread): the deque is
     thread safe, and the byte count is two counters each written by one side only, so no lock
     is needed; the consumer re-synchronises them (:meth:`recount`) whenever the queue is empty.
+
+    A span is queued when it starts. Its end is folded into that entry if the thread has not
+    taken it yet (one record: :func:`records.span_whole`), else queued as an entry of its own.
+    Which of the two happened is decided without a lock: each side appends its mark to the
+    span's ``claims`` (``list.append`` is atomic) and the first mark wins.
     """
 
     def __init__(self, max_records: int, max_bytes: int) -> None:
-        self._records: deque[tuple[Record, int]] = deque()  # with its payload bytes
+        self._records: deque[tuple[Record | Span, int]] = deque()  # with its payload bytes
+        self._next: Record | None = None  # a span's end, due right after its start
         self._max_records = max_records
         self._max_bytes = max_bytes
         self._half_records = max_records // 2
@@ -85,32 +97,76 @@ class RecordQueue:
         self._bytes_out = 0
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._records) + (self._next is not None)
 
     def put(self, record: Record) -> bool | None:
-        """Append a record; returns whether the queue is now past half its bounds (time for
-        the thread to spill), or ``None`` if the record does not fit (it is not queued)."""
-        size = payload_bytes(record)
+        """Append a record; returns whether the queue is now past half its bounds (time for the
+        thread to spill), or ``None`` if the record does not fit (it is not queued)."""
+        return self._append(record, payload_bytes(record))
+
+    def _append(self, item: Record | Span, size: int) -> bool | None:
         queued = self._bytes_in - self._bytes_out + size
         count = len(self._records)
         if count >= self._max_records or queued > self._max_bytes:
             return None
         self._bytes_in += size
-        self._records.append((record, size))
+        self._records.append((item, size))
         return count >= self._half_records or queued > self.half_bytes
 
+    def put_span(self, span: Span) -> bool | None:
+        """Queue a span that has just started (:meth:`put`'s answer)."""
+        past_half = self._append(span, span.start_bytes())
+        if past_half is not None:
+            span.holder = self
+        return past_half
+
+    def end_span(self, span: Span) -> bool | None:
+        """A span queued here has ended: fold its end into its start if the thread has not
+        taken that yet (``False``), else queue the end (:meth:`put`'s answer)."""
+        size = span.end_bytes()
+        claims = span.claims
+        claims.append(_ENDED)
+        if claims[0] is _ENDED:
+            self._bytes_in += size
+            return False
+        return self._append(span, size)
+
     def take(self) -> Record | None:
-        if not self._records:
-            return None
-        record, size = self._records.popleft()  # its size is counted once, by the caller
-        self._bytes_out += size
-        return record
+        """The next record; a span's record(s) are made here, on the thread."""
+        record = self._next
+        if record is not None:
+            self._next = None
+            return record
+        while self._records:
+            item, size = self._records.popleft()  # its size is counted once, by the caller
+            self._bytes_out += size
+            if type(item) is dict:
+                return item
+            assert isinstance(item, Span)
+            record = self._span_record(item)
+            if record is not None:
+                return record
+        return None
+
+    def _span_record(self, span: Span) -> Record | None:
+        claims = span.claims
+        if _TAKEN in claims:  # the entry of an end the thread's first take did not see
+            return records.span_end(span)
+        claims.append(_TAKEN)
+        if claims[0] is not _ENDED:
+            return records.span_start(span)
+        self._bytes_out += span.end_bytes()
+        whole = records.span_whole(span)
+        if whole is None:
+            self._next = records.span_end(span)
+            return records.span_start(span)
+        return whole
 
     def take_all(self) -> list[Record]:
-        records = []
+        taken = []
         while (record := self.take()) is not None:
-            records.append(record)
-        return records
+            taken.append(record)
+        return taken
 
     def past_half(self) -> bool:
         return (len(self._records) > self._half_records
@@ -164,14 +220,32 @@ class Sender:
 
     def submit(self, record: Record) -> None:
         """Queue a record (the caller's hot path: no lock, no I/O unless past the bounds)."""
-        mode = self.mode
-        if mode is _CLOSING:
+        if self.mode is _CLOSING:
             self._drops.count_record(record, "after_shutdown")
-            return
-        past_half = self._queue.put(record)
+        else:
+            self._queued(self._queue.put(record), record)
+
+    def span_started(self, span: Span) -> None:
+        """Queue a span's start (its record is made on the thread)."""
+        if self.mode is _CLOSING:
+            self._drops.count({span.scope.run: 1}, "after_shutdown")
+        else:
+            self._queued(self._queue.put_span(span), span)
+
+    def span_ended(self, span: Span) -> None:
+        """A span has ended: its end joins its start, or is queued after it."""
+        if span.holder is not self._queue or self.mode is _CLOSING:
+            # Its start is not queued here (refused, after shutdown, or queued by the parent of
+            # this forked process): the end is a record of its own.
+            self.submit(records.span_end(span))
+        else:
+            self._queued(self._queue.end_span(span), span)
+
+    def _queued(self, past_half: bool | None, item: Record | Span) -> None:
         if past_half is None:
-            self._drops.count_record(record, "queue_full")
-        elif mode is _OPEN and (self._idle or past_half):
+            run = item.scope.run if isinstance(item, Span) else run_of(item)
+            self._drops.count({run: 1}, "queue_full")
+        elif self.mode is _OPEN and (self._idle or past_half):
             self._wake()
 
     def flush(self, timeout: float) -> bool:

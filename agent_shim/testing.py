@@ -7,12 +7,13 @@ from typing import Any
 from . import records
 from .config import ShimSettings
 from .payload import Cleaner
-from .records import NodeMoment, Record
+from .records import NodeMoment, Record, Span
 from .tracker import Tracker
 
 
 class RecordingSink:
-    """Keeps every record, cleaned exactly as the sender would clean it before packing."""
+    """Keeps every record, cleaned exactly as the sender would clean it before packing; a
+    span's start and end as two records (the sender sends a short span as one)."""
 
     def __init__(self, settings: ShimSettings | None = None) -> None:
         settings = settings or ShimSettings()
@@ -22,6 +23,12 @@ class RecordingSink:
 
     def submit(self, record: Record) -> None:
         self.records.append(self._cleaner.clean_record(dict(record)))
+
+    def span_started(self, span: Span) -> None:
+        self.submit(records.span_start(span))
+
+    def span_ended(self, span: Span) -> None:
+        self.submit(records.span_end(span))
 
     def flush(self, timeout: float) -> bool:
         return True

@@ -10,7 +10,8 @@ from typing import Any
 
 from .config import ShimSettings
 from .disabled import DisabledTracker
-from .recorder import Recorder, Sink, Span, SpanScope
+from .recorder import Recorder, Sink, SpanScope
+from .records import Span
 from .workflow import Graphs, RunScope
 
 __all__ = ["Tracker", "DisabledTracker", "Sink", "Span", "SpanScope"]

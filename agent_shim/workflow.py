@@ -31,7 +31,8 @@ from typing import Any
 from . import records
 from .context import CURRENT, Scope
 from .payload import describe_error
-from .recorder import Recorder, Span, SpanScope
+from .recorder import Recorder, SpanScope
+from .records import Span
 from .wire import new_id
 
 WORKFLOW = "workflow"

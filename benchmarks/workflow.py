@@ -66,6 +66,8 @@ def orm_sink(dsn: str) -> Any:
     from sqlalchemy import JSON, Column, DateTime, Integer, String, Text, create_engine
     from sqlalchemy.orm import Session, declarative_base
 
+    from agent_shim import records
+
     Base = declarative_base()
 
     class ExecutionEvent(Base):  # type: ignore[misc,valid-type]
@@ -141,6 +143,12 @@ def orm_sink(dsn: str) -> Any:
                 session.add(event)
             session.commit()
             session.refresh(event)
+
+        def span_started(self, span: Any) -> None:
+            self.submit(records.span_start(span))
+
+        def span_ended(self, span: Any) -> None:
+            self.submit(records.span_end(span))
 
         def flush(self, timeout: float) -> bool:
             return True

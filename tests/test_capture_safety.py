@@ -16,18 +16,28 @@ from hypothesis import strategies as st
 
 from agent_shim.config import ShimSettings
 from agent_shim.payload import CYCLE, DEEPER, MAX_DEPTH, Cleaner, snapshot
-from agent_shim.records import Record, moment
+from agent_shim.records import Record, Span
+from agent_shim.sender import RecordQueue
 from agent_shim.tracker import Tracker
 from agent_shim.wire import pack_record
 from collector.tables import jsonb_text
 
 
 class ListSink:
-    """Keeps the records as the tracker made them (the sender cleans them later)."""
+    """Queues records and spans as the sender does (a short span becomes one record when
+    taken); cleaning and packing come later, in :func:`sent`."""
 
     def __init__(self) -> None:
-        self.records: list[Record] = []
-        self.submit = self.records.append
+        self.queue = RecordQueue(max_records=10**6, max_bytes=10**12)
+
+    def submit(self, record: Record) -> None:
+        assert self.queue.put(record) is not None
+
+    def span_started(self, span: Span) -> None:
+        assert self.queue.put_span(span) is not None
+
+    def span_ended(self, span: Span) -> None:
+        assert self.queue.end_span(span) is not None
 
     def flush(self, timeout: float) -> bool:
         return True
@@ -43,7 +53,7 @@ def sent(sink: ListSink) -> list[Record]:
     """What the sender would put in frames: each record cleaned, then packed."""
     cleaner = Cleaner()
     records = []
-    for record in sink.records:
+    for record in sink.queue.take_all():
         cleaned = cleaner.clean_record(dict(record))
         pack_record(cleaned)  # raises if a field is not msgpack-native or not valid UTF-8
         records.append(cleaned)
@@ -126,7 +136,7 @@ def test_capture_never_raises_and_every_record_packs(
     assert session in {r["id"] for r in records if r["k"] == "session"}
     # Nothing was dropped on the way, whatever the agent name or error (a bad one used to cost
     # the event and leave a span running): the explicit span, the tool span, step and phase.
-    ends = [r for r in records if r["k"] == "event" and moment(r) == "end"]
+    ends = [r for r in records if r["k"] == "event" and r.get("completed_at") is not None]
     assert len(ends) == 4
     for record in records:
         for field in ("inputs", "outputs", "meta"):
@@ -139,9 +149,10 @@ def test_a_surrogate_in_error_or_agent_name_keeps_the_event_and_closes_the_span(
     tracker = Tracker(ShimSettings(collector_urls=("inproc://capture-safety",)), sink)
     span = tracker.start_span("tool_call", agent_name="coder \ud83d", inputs={"q": "x \udc00"})
     tracker.end_span(span, status="failed", error="boom \ud83d")
-    start, end = sent(sink)[-2:]
-    assert start["agent_name"] == "coder \ufffd" and start["inputs"] == {"q": "x \ufffd"}
-    assert end["status"] == "failed" and end["error_message"] == "boom \ufffd"
+    span_record = sent(sink)[-1]  # its start and end as one record: it ended before sending
+    assert span_record["agent_name"] == "coder \ufffd"
+    assert span_record["inputs"] == {"q": "x \ufffd"}
+    assert span_record["status"] == "failed" and span_record["error_message"] == "boom \ufffd"
 
 
 def test_a_dict_with_a_surrogate_is_stored_as_that_dict() -> None:

@@ -35,9 +35,11 @@ def test_metrics_count_what_happened_in_a_run_of_known_size(
         assert "flushed=True" in output
         status, metrics = _get(f"http://{http}/metrics")
         assert status == 200
-        # 1,000 messages and one span (its start and end merge into one row).
+        # 1,000 messages and one span, one row; the span is one record, or two if the sender
+        # took its start before it ended (the collector merges them).
         assert _sample(metrics, 'cmbagent_rows_stored_total{table="execution_events"}') == 1001
-        assert _sample(metrics, 'cmbagent_records_received_total{table="execution_events"}') == 1002
+        assert _sample(metrics, 'cmbagent_records_received_total{table="execution_events"}') in (
+            1001, 1002)
         assert _sample(metrics, 'cmbagent_records_received_total{table="workflow_runs"}') == 2
         assert _sample(metrics, "cmbagent_frames_received_total") >= 1
         assert _sample(metrics, "cmbagent_batch_rows_count") >= 1
