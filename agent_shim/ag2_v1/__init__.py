@@ -130,7 +130,7 @@ def uninstall() -> bool:
             setattr(owner, name, original)
         _patches.clear()
         _optional_installed.clear()
-        _runtime.active = False
+        _runtime.enabled = False
         _runtime = None
         return True
 

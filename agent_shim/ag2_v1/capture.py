@@ -47,12 +47,9 @@ class Runtime:
     disabled: list[str] = field(default_factory=list)
     #: The open span of each ``ag2.network`` channel, by channel id (``network.py``).
     channels: dict[str, Span] = field(default_factory=dict)
-    #: Cleared by ``uninstall()``: agents built before it stop recording too.
-    active: bool = True
-
-    @property
-    def enabled(self) -> bool:
-        return self.active and not self.disabled
+    #: Whether to record: cleared by a failure of our own, and by ``uninstall()`` (agents
+    #: built before it stop recording too). An attribute, read at every hook call.
+    enabled: bool = True
 
     def disable(self, where: str, exc: BaseException) -> None:
         """Stop capturing after a failure of our own; logged once."""
@@ -60,6 +57,7 @@ class Runtime:
             log.warning("cmbagent-tracking: AG2 1.x capture disabled after an internal error in "
                         "%s", where, exc_info=exc)
         self.disabled.append(where)
+        self.enabled = False
 
 
 class CaptureFactory:
@@ -85,6 +83,8 @@ class CaptureMiddleware(BaseMiddleware):  # type: ignore[misc]
         self.agent_name = agent_name
         self.runtime = runtime
         self.maintains_memory = maintains_memory
+        #: The conversation this turn opened, if it opened one (a middleware lives one turn).
+        self.conversation: Span | None = None
 
     async def on_turn(self, call_next: Callable[..., Awaitable[Any]], event: Any,
                       context: Any) -> Any:
@@ -128,25 +128,80 @@ class CaptureMiddleware(BaseMiddleware):  # type: ignore[misc]
 
     async def _traced(self, activity: Activity, call_next: Callable[..., Awaitable[Any]],
                       subject: Any, context: Any) -> Any:
-        call = _open(activity, self, subject, context)
-        if call is None:
+        """``call_next`` inside a span: the current scope while it runs (and the current turn,
+        for a turn); its result or exception ends the span."""
+        span = self._open(activity, subject, context)
+        if span is None:
             return await call_next(subject, context)
+        current = CURRENT.set(span.inner)
+        turn = TURN.set(span) if activity is _TURN else None
         try:
             result = await call_next(subject, context)
         except BaseException as exc:
-            call.close(None, exc)
+            reset(TURN, turn)
+            reset(CURRENT, current)
+            self._close(activity, span, None, exc)
             raise
-        call.close(result, None)
+        reset(TURN, turn)
+        reset(CURRENT, current)
+        self._close(activity, span, result, None)
         return result
+
+    def _open(self, activity: Activity, subject: Any, context: Any) -> Span | None:
+        """Start recording one hook call; ``None`` when capture is off. Never raises."""
+        runtime = self.runtime
+        if not runtime.enabled:
+            return None
+        try:
+            inputs, meta = activity.begin(subject, self, context)
+            scope = None
+            if activity is _TURN and TURN.get() is None:
+                scope = self._outermost_scope(context, inputs)
+            return runtime.tracker.start_span(activity.event_type, agent_name=self.agent_name,
+                                              inputs=inputs, meta=meta, scope=scope)
+        except Exception as exc:
+            runtime.disable(activity.event_type, exc)
+            return None
+
+    def _outermost_scope(self, context: Any, inputs: dict[str, Any]) -> Scope:
+        """Where a turn that starts outside any turn goes: the ``ag2.network`` channel whose
+        envelope started it, else a conversation it opens."""
+        channel = _channel_span(self.runtime, context)
+        if channel is not None:
+            return channel.inner
+        agent = self.agent_name
+        self.conversation = self.runtime.tracker.start_span(
+            "conversation", agent_name=agent, meta={"framework": "ag2"},
+            inputs={"initiator": agent, "message": inputs["message"]})
+        return self.conversation.inner
+
+    def _close(self, activity: Activity, span: Span, result: Any,
+               exc: BaseException | None) -> None:
+        """End the span (and the conversation the turn opened) with the result or exception.
+        Never raises."""
+        runtime = self.runtime
+        try:
+            end = (End(status="failed", error=f"{type(exc).__name__}: {exc}") if exc is not None
+                   else activity.end(result, self))
+        except Exception as err:
+            runtime.disable(activity.event_type, err)
+            end = End()  # never leave it open
+        tracker = runtime.tracker
+        try:
+            tracker.end_span(span, status=end.status, outputs=end.outputs, meta=end.meta,
+                             error=end.error, subtype=end.subtype)
+            if end.cost is not None:
+                record_cost(tracker, self.agent_name, end.cost, span.id, span.scope)
+            conversation = self.conversation
+            if conversation is not None and activity is _TURN:
+                summary = end.outputs.get("reply") if isinstance(end.outputs, dict) else None
+                tracker.end_span(conversation, status=end.status, error=end.error,
+                                 outputs={"summary": summary})
+        except Exception as err:
+            runtime.disable(activity.event_type, err)
 
 
 # --- what each hook records ----------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Start:
-    inputs: Any = None
-    meta: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -156,15 +211,17 @@ class End:
     meta: dict[str, Any] | None = None
     error: str | None = None
     subtype: str | None = None
-    cost: dict[str, Any] | None = None
+    #: An LLM call's cost row (what :func:`usage_meta` gave).
+    cost: CostRow | None = None
 
 
 class Activity:
-    """One kind of hook: the event type and what it records at entry and exit."""
+    """One kind of hook: the event type and what it records at entry (inputs, meta) and exit."""
 
     event_type = ""
 
-    def begin(self, subject: Any) -> Start:
+    def begin(self, subject: Any, capture: CaptureMiddleware,
+              context: Any) -> tuple[Any, dict[str, Any] | None]:
         raise NotImplementedError
 
     def end(self, result: Any, capture: CaptureMiddleware) -> End:
@@ -174,9 +231,10 @@ class Activity:
 class Turn(Activity):
     event_type = "agent_call"
 
-    def begin(self, subject: Any) -> Start:
-        return Start(inputs={"message": event_text(subject), "event": type(subject).__name__},
-                     meta={"framework": "ag2", "class": "Agent"})
+    def begin(self, subject: Any, capture: CaptureMiddleware,
+              context: Any) -> tuple[Any, dict[str, Any] | None]:
+        return ({"message": event_text(subject), "event": type(subject).__name__},
+                {"framework": "ag2", "class": "Agent"})
 
     def end(self, result: Any, capture: CaptureMiddleware) -> End:
         return End(outputs={"reply": response_text(result)})
@@ -185,13 +243,19 @@ class Turn(Activity):
 class LLMCall(Activity):
     event_type = "llm_call"
 
-    def begin(self, subject: Any) -> Start:
-        # AG2 hands the whole history (a list, ``_open`` makes it one): no copy of it per call.
-        return Start(inputs={"messages": len(subject),
-                             "last_message": event_text(subject[-1]) if subject else None})
+    def begin(self, subject: Any, capture: CaptureMiddleware,
+              context: Any) -> tuple[Any, dict[str, Any] | None]:
+        # AG2 hands the whole history (a list): read where the previous call stopped, no copy.
+        if not isinstance(subject, Sequence):
+            subject = list(subject or ())
+        runtime = capture.runtime
+        record_unseen(runtime.tracker, runtime.history, capture.agent_name, context.stream.id,
+                      subject)
+        return ({"messages": len(subject),
+                 "last_message": event_text(subject[-1]) if subject else None}, None)
 
     def end(self, result: Any, capture: CaptureMiddleware) -> End:
-        meta, cost = usage_record(capture.runtime, capture.agent_name, result)
+        meta, cost = usage_meta(capture.runtime, result)
         batch = fields(result).get("tool_calls")
         calls = fields(batch).get("calls") if batch is not None else None
         outputs = {"content": response_text(result),
@@ -199,24 +263,32 @@ class LLMCall(Activity):
         return End(outputs=outputs, meta=meta, cost=cost)
 
 
-def usage_record(runtime: Runtime, agent: str | None,
-                 reported: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """An LLM call's meta (tokens, finish reason, cost, pricing) and its cost row's fields,
-    from what reports its usage (a ``ModelResponse`` or a ``UsageEvent``)."""
+#: What an LLM call's cost row says: model, tokens, cost in USD.
+CostRow = tuple[str | None, Tokens, float | None]
+
+
+def usage_meta(runtime: Runtime, reported: Any) -> tuple[dict[str, Any], CostRow]:
+    """An LLM call's meta (model, tokens, finish reason, cost, pricing) and its cost row, from
+    what reports its usage (a ``ModelResponse`` or a ``UsageEvent``)."""
     reported_fields = fields(reported)
     provider, model = reported_fields.get("provider"), reported_fields.get("model")
     tokens = Tokens.of(reported_fields.get("usage"))
-    price = runtime.prices.price(provider, model, tokens)
-    meta = {"model": model, "provider": provider, "prompt_tokens": tokens.prompt,
+    cost, pricing = runtime.prices.price(provider, model, tokens)
+    return {"model": model, "provider": provider, "prompt_tokens": tokens.prompt,
             "completion_tokens": tokens.completion, "total_tokens": tokens.total,
             "cached_tokens": tokens.cached, "cache_write_tokens": tokens.cache_write,
             "reasoning_tokens": tokens.reasoning,
             "finish_reason": reported_fields.get("finish_reason"),
-            "cost": price.cost_usd, "pricing": price.record}
-    cost = {"model": model, "agent_name": agent, "prompt_tokens": tokens.prompt,
-            "completion_tokens": tokens.completion, "total_tokens": tokens.total,
-            "cost_usd": price.cost_usd}
-    return meta, cost
+            "cost": cost, "pricing": pricing}, (model, tokens, cost)
+
+
+def record_cost(tracker: Tracker, agent: str | None, row: CostRow, event_id: bytes,
+                scope: Scope | None) -> None:
+    """The cost row of the LLM call ``event_id``."""
+    model, tokens, cost = row
+    tracker.cost(model=model, agent_name=agent, prompt_tokens=tokens.prompt,
+                 completion_tokens=tokens.completion, total_tokens=tokens.total,
+                 cost_usd=cost, event_id=event_id, scope=scope)
 
 
 #: ``UsageEvent.kind`` of AG2's own LLM calls made outside ``on_llm_call``. (``model_call``
@@ -229,18 +301,19 @@ def record_usage_event(runtime: Runtime, agent: str | None, event: UsageEvent,
     """An LLM call that only a ``UsageEvent`` reports (AG2's upkeep, a live session's
     responses): a point ``llm_call`` (subtype: the event's kind unless given), with its cost
     row."""
-    meta, cost = usage_record(runtime, agent, event)
+    meta, cost = usage_meta(runtime, event)
     tracker = runtime.tracker
     event_id = tracker.event("llm_call", subtype=subtype or event.kind, agent_name=agent,
                              inputs={"purpose": event.kind}, meta=meta, scope=scope)
-    tracker.cost(**cost, event_id=event_id, scope=scope)
+    record_cost(tracker, agent, cost, event_id, scope)
 
 
 class ToolCall(Activity):
     event_type = "tool_call"
 
-    def begin(self, subject: Any) -> Start:
-        return Start(inputs=tool_inputs(subject))
+    def begin(self, subject: Any, capture: CaptureMiddleware,
+              context: Any) -> tuple[Any, dict[str, Any] | None]:
+        return tool_inputs(subject), None
 
     def end(self, result: Any, capture: CaptureMiddleware) -> End:
         if isinstance(result, ToolErrorEvent):
@@ -256,87 +329,15 @@ class ToolCall(Activity):
 class HumanInput(Activity):
     event_type = "human_input"
 
-    def begin(self, subject: Any) -> Start:
-        return Start(inputs={"prompt": getattr(subject, "content", None)})
+    def begin(self, subject: Any, capture: CaptureMiddleware,
+              context: Any) -> tuple[Any, dict[str, Any] | None]:
+        return {"prompt": getattr(subject, "content", None)}, None
 
     def end(self, result: Any, capture: CaptureMiddleware) -> End:
         return End(outputs={"answer": getattr(result, "content", None)})
 
 
 _TURN, _LLM, _TOOL, _HUMAN = Turn(), LLMCall(), ToolCall(), HumanInput()
-
-
-# --- one recorded hook call ----------------------------------------------------------------
-
-
-class Call:
-    """A span between a hook's entry and exit (with its conversation, for a top-level turn)."""
-
-    __slots__ = ("activity", "capture", "span", "conversation", "current", "turn")
-
-    def __init__(self, activity: Activity, capture: CaptureMiddleware, span: Span,
-                 conversation: Span | None) -> None:
-        self.activity = activity
-        self.capture = capture
-        self.span = span
-        self.conversation = conversation
-        self.current: Token[Scope | None] = CURRENT.set(span.inner)
-        self.turn: Token[Span | None] | None = TURN.set(span) if activity is _TURN else None
-
-    def close(self, result: Any, exc: BaseException | None) -> None:
-        """End the span (and its conversation) with the result or exception. Never raises."""
-        runtime = self.capture.runtime
-        reset(TURN, self.turn)
-        reset(CURRENT, self.current)
-        try:
-            end = (End(status="failed", error=f"{type(exc).__name__}: {exc}") if exc is not None
-                   else self.activity.end(result, self.capture))
-        except Exception as err:
-            runtime.disable(self.activity.event_type, err)
-            end = End()  # never leave it open
-        tracker = runtime.tracker
-        try:
-            tracker.end_span(self.span, status=end.status, outputs=end.outputs, meta=end.meta,
-                             error=end.error, subtype=end.subtype)
-            if end.cost is not None:
-                tracker.cost(**end.cost, event_id=self.span.id, scope=self.span.scope)
-            if self.conversation is not None:
-                summary = end.outputs.get("reply") if isinstance(end.outputs, dict) else None
-                tracker.end_span(self.conversation, status=end.status, error=end.error,
-                                 outputs={"summary": summary})
-        except Exception as err:
-            runtime.disable(self.activity.event_type, err)
-
-
-def _open(activity: Activity, capture: CaptureMiddleware, subject: Any,
-          context: Any) -> Call | None:
-    """Start recording one hook call; ``None`` when capture is off. Never raises."""
-    runtime = capture.runtime
-    if not runtime.enabled:
-        return None
-    try:
-        tracker, agent = runtime.tracker, capture.agent_name
-        if activity is _LLM:
-            if not isinstance(subject, Sequence):
-                subject = list(subject or ())
-            record_unseen(tracker, runtime.history, agent, context.stream.id, subject)
-        start = activity.begin(subject)
-        conversation = scope = None
-        if activity is _TURN and TURN.get() is None:
-            channel = _channel_span(runtime, context)
-            if channel is not None:  # a turn an envelope triggered: it is in that channel
-                scope = channel.inner
-            else:
-                conversation = tracker.start_span(
-                    "conversation", agent_name=agent, meta={"framework": "ag2"},
-                    inputs={"initiator": agent, "message": start.inputs["message"]})
-                scope = conversation.inner
-        span = tracker.start_span(activity.event_type, agent_name=agent, inputs=start.inputs,
-                                  meta=start.meta, scope=scope)
-        return Call(activity, capture, span, conversation)
-    except Exception as exc:
-        runtime.disable(activity.event_type, exc)
-        return None
 
 
 def _channel_span(runtime: Runtime, context: Any) -> Span | None:
@@ -401,10 +402,19 @@ def tool_inputs(call: Any) -> dict[str, Any]:
 
 def tool_result(result: Any) -> Any:
     """A tool's result: its text or data parts (one part unwrapped)."""
-    parts = getattr(fields(result).get("result"), "parts", None) or []
-    values = [p.content if hasattr(p, "content") else getattr(p, "data", type(p).__name__)
-              for p in parts]
-    return values[0] if len(values) == 1 else values
+    parts: Sequence[Any] = getattr(fields(result).get("result"), "parts", None) or ()
+    if len(parts) == 1:
+        return _part_value(parts[0])
+    return [_part_value(part) for part in parts]
+
+
+_MISSING = object()
+
+
+def _part_value(part: Any) -> Any:
+    """A tool result part's text, else its data, else its type's name."""
+    content = getattr(part, "content", _MISSING)
+    return content if content is not _MISSING else getattr(part, "data", type(part).__name__)
 
 
 def reset(var: ContextVar[Any], token: Token[Any] | None) -> None:

@@ -304,6 +304,17 @@ async def model_failure() -> Expected:
                     failed={"conversation": 1, "agent_call": 1, "llm_call": 1})
 
 
+async def run_workflow(lead: Any, targets: list[Any], graph: TransitionGraph, text: str) -> None:
+    """Open a workflow channel from ``lead`` to ``targets`` routed by ``graph``, send ``text``
+    and wait until the channel closes."""
+    channel = await lead.open(type=WORKFLOW_TYPE, target=[agent.agent_id for agent in targets],
+                              knobs={"graph": graph.to_dict()})
+    await channel.send(text)
+    await lead.wait_for_channel_event(
+        channel_id=channel.channel_id, timeout=60.0,
+        predicate=lambda envelope: envelope.event_type == EV_CHANNEL_CLOSED)
+
+
 async def network_workflow() -> Expected:
     """An ``ag2.network`` workflow channel: a graph hands the kickoff to the triager, whose
     tool hands off to the reviewer (``Handoff``), whose tool ends the channel (``Finish``)."""
@@ -322,13 +333,7 @@ async def network_workflow() -> Expected:
             transitions=[Transition(when=FromSpeaker(lead.agent_id),
                                     then=AgentTarget(triager.agent_id))],
             default_target=TerminateTarget(reason="fall_through"), max_turns=10)
-        channel = await lead.open(type=WORKFLOW_TYPE,
-                                  target=[triager.agent_id, reviewer.agent_id],
-                                  knobs={"graph": graph.to_dict()})
-        await channel.send("Triage the incident report.")
-        await lead.wait_for_channel_event(
-            channel_id=channel.channel_id, timeout=60.0,
-            predicate=lambda envelope: envelope.event_type == EV_CHANNEL_CLOSED)
+        await run_workflow(lead, [triager, reviewer], graph, "Triage the incident report.")
     finally:
         await hub.close()
     return Expected({"conversation": 1, "message": 3, "handoff": 3, "agent_call": 2,
@@ -361,13 +366,7 @@ async def network_graph() -> Expected:
                          Transition(when=FromSpeaker(reviewer.agent_id),
                                     then=TerminateTarget(reason="reviewed"))],
             default_target=AgentTarget(reviewer.agent_id), max_turns=10)
-        channel = await lead.open(type=WORKFLOW_TYPE,
-                                  target=[triager.agent_id, reviewer.agent_id],
-                                  knobs={"graph": graph.to_dict()})
-        await channel.send("Triage the incident report.")
-        await lead.wait_for_channel_event(
-            channel_id=channel.channel_id, timeout=60.0,
-            predicate=lambda envelope: envelope.event_type == EV_CHANNEL_CLOSED)
+        await run_workflow(lead, [triager, reviewer], graph, "Triage the incident report.")
     finally:
         await hub.close()
     return Expected({"conversation": 1, "message": 3, "handoff": 3, "agent_call": 2,
@@ -424,12 +423,7 @@ async def network_failures() -> Expected:
             transitions=[Transition(when=FromSpeaker(lead.agent_id),
                                     then=AgentTarget(triager.agent_id))],
             default_target=TerminateTarget(reason="fall_through"), max_turns=10)
-        channel = await lead.open(type=WORKFLOW_TYPE, target=[triager.agent_id],
-                                  knobs={"graph": graph.to_dict()})
-        await channel.send(f"Triage the incident report ({SECRET}).")
-        await lead.wait_for_channel_event(
-            channel_id=channel.channel_id, timeout=60.0,
-            predicate=lambda envelope: envelope.event_type == EV_CHANNEL_CLOSED)
+        await run_workflow(lead, [triager], graph, f"Triage the incident report ({SECRET}).")
     finally:
         await hub.close()
     return Expected({"conversation": 1, "message": 3, "handoff": 1, "agent_call": 1,

@@ -37,8 +37,8 @@ from agent_shim.testing import recording_tracker
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name", list(scenarios.SCENARIOS))
-def test_scenario_is_captured_exactly_once(name, capture):
+def check_scenario(name: str, capture) -> None:
+    """Run scenario ``name`` in a run of the capture fixture's tracker and check its records."""
     tracker, sink = capture
     with tracker.run(name) as run:
         expected = asyncio.run(scenarios.SCENARIOS[name]())
@@ -51,6 +51,11 @@ def test_scenario_is_captured_exactly_once(name, capture):
     assert ag2_v1.disabled_hooks() == []
     assert problems == []
     assert sum(ag2_v1.unpriced().values()) == expected.usage.unpriced
+
+
+@pytest.mark.parametrize("name", list(scenarios.SCENARIOS))
+def test_scenario_is_captured_exactly_once(name, capture):
+    check_scenario(name, capture)
 
 
 class TestPricing:
@@ -73,6 +78,13 @@ class TestPricing:
                                     "status": "unknown model"}
         assert table.unpriced() == {"unknown model: house-model-7": 3}
         assert len([r for r in caplog.records if "house-model-7" in r.getMessage()]) == 1
+
+    def test_counts_that_are_no_number_are_not_reported(self):
+        from ag2.events import Usage
+
+        tokens = Tokens.of(Usage(prompt_tokens=float("inf"), completion_tokens=5.0,
+                                 thinking_tokens=float("nan")))
+        assert tokens == Tokens(prompt=None, completion=5, total=None, reasoning=None)
 
     def test_a_call_without_tokens_is_not_priced(self):
         price = PriceTable().price("openai", "gpt-4o-mini", Tokens())
@@ -298,14 +310,7 @@ def test_routing_the_hub_has_folded_past_is_replayed_from_its_log(name, capture,
         return dataclasses.replace(state, last_envelope_id="a later one") if state else state
 
     monkeypatch.setattr(CaptureListener, "current_state", folded_past)
-    tracker, sink = capture
-    with tracker.run(name) as run:
-        expected = asyncio.run(scenarios.SCENARIOS[name]())
-    events, costs, problems = rows_from_records(sink.records)
-    problems += check_v1_capture(events, costs, json.loads(expected.to_json()), scenarios.SECRET,
-                                 run=run.id)
-    assert ag2_v1.disabled_hooks() == []
-    assert problems == []
+    check_scenario(name, capture)
 
 
 def test_event_fields_read_from_the_instance_are_ag2s_own():
