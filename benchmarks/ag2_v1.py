@@ -11,9 +11,9 @@ Needs a venv with ``ag2`` 1.x, ``genai-prices`` and ``opentelemetry-sdk`` (not t
 extra, which holds the classic AG2). Three middlewares are timed side by side in each round,
 in rotated order: AG2's no-op ``BaseMiddleware`` (the baseline), ``TelemetryMiddleware`` with
 an exporter that discards, and our capture middleware with a tracker whose sink discards
-(records are built, frozen and priced on the caller's thread, as in production; the sender
-thread is left out, as the exporter is). Two workloads, on a real ``MemoryStream`` context,
-with a model and a tool that answer at once:
+(events and spans are frozen and priced on the caller's thread, as in production; the
+sender thread, which makes a span's records, is left out, as the exporter is). Two
+workloads, on a real ``MemoryStream`` context, with a model and a tool that answer at once:
 
 - a turn: what AG2 does with an agent's middleware, an instance for the turn and its
   ``on_turn`` around two ``on_llm_call``\\ s and one ``on_tool_execution`` (ours includes the
@@ -79,6 +79,12 @@ class Discard(SpanExporter):  # type: ignore[misc]
 
 class DiscardSink:
     def submit(self, record: dict[str, Any]) -> None:
+        pass
+
+    def span_started(self, span: Any) -> None:
+        pass
+
+    def span_ended(self, span: Any) -> None:
         pass
 
     def flush(self, timeout: float) -> bool:
