@@ -22,7 +22,9 @@ Frame (one ZeroMQ message part, msgpack)::
 A span (anything with a duration) is sent as a start record and an end record with the same id:
 an open span is visible while it runs and stays ``running`` if its process dies. The end may
 arrive before the start; the collector merges them whichever comes first (each column's merge
-rule is declared in ``collector/tables.py``).
+rule is declared in ``collector/tables.py``). A span that ended before the sender thread took
+its start is sent as one record holding both (``started_at`` and ``completed_at``), merged as
+the collector would have merged the two.
 
 Version 1 frames (short keys such as ``run``, ``type``, ``agent``, a phase ``p`` and a time
 ``ts``) are still accepted: spools on disk hold them. The collector translates them once.
