@@ -78,7 +78,7 @@ class Span:
     comes before the start was taken), so the caller builds no record and a short span
     crosses the wire as one record. ``inner`` is the scope of everything inside it."""
 
-    __slots__ = ("id", "scope", "event_type", "agent_name", "subtype", "inputs", "meta",
+    __slots__ = ("id", "scope", "inner", "event_type", "agent_name", "subtype", "inputs", "meta",
                  "started_at", "status", "outputs", "end_meta", "end_subtype", "error",
                  "completed_at", "holder", "claims")
 
@@ -86,6 +86,7 @@ class Span:
                  agent_name: str | None, inputs: Any, meta: Any) -> None:
         self.id = span_id
         self.scope = scope
+        self.inner = scope.child(span_id)
         self.event_type = event_type
         self.subtype = subtype
         self.agent_name = agent_name
@@ -96,10 +97,6 @@ class Span:
         #: ``agent_shim.sender``).
         self.holder: Any = None
         self.claims: list[object] = []
-
-    @property
-    def inner(self) -> Scope:
-        return self.scope.child(self.id)
 
     def end(self, status: str, outputs: Any, meta: Any, subtype: str | None,
             error: str | None) -> None:

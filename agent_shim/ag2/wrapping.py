@@ -1,9 +1,9 @@
 """One wrapper factory for every hooked AG2 method, sync or async.
 
-A wrapper asks its :class:`Hook` to :meth:`~Hook.open` a :class:`Call` (our code, inside a
-``try`` that never lets an error out), runs the user's method *outside* that ``try`` so its
-exceptions propagate unchanged, then closes the call. A hook whose own code fails is disabled,
-logged once, and from then on calls straight through.
+A wrapper asks its :class:`Hook` to :meth:`~Hook.enter` a call (our code, inside a ``try`` that
+never lets an error out), runs the user's method *outside* that ``try`` so its exceptions
+propagate unchanged, then has the hook :meth:`~Hook.leave` it. A hook whose own code fails is
+disabled, logged once, and from then on calls straight through.
 """
 
 from __future__ import annotations
@@ -110,6 +110,11 @@ class Runtime:
     disabled: list[str] = field(default_factory=list)
 
 
+#: One recorded call between entry and exit: what its activity began with, its span (``None``
+#: for a point event), and the tokens that undo its ContextVar changes. A tuple: made at C speed.
+Call = tuple[Start, Span | None, Token[Innermost | None], Token[Scope | None] | None]
+
+
 class Hook:
     """One hooked method name (shared by the base class and every override of it)."""
 
@@ -121,41 +126,41 @@ class Hook:
 
     def wrap(self, original: Callable[..., Any]) -> Callable[..., Any]:
         """A wrapper around ``original`` (an ``async def`` wrapper for a coroutine function)."""
-        hook = self
+        enter, leave = self.enter, self.leave
         if inspect.iscoroutinefunction(original):
 
             @functools.wraps(original)
             async def wrapper(*args: Any, **kwargs: Any) -> Any:
-                call = hook.open(args, kwargs)
+                call = enter(args, kwargs)
                 if call is None:
                     return await original(*args, **kwargs)
                 try:
                     result = await original(*args, **kwargs)
                 except BaseException as exc:
-                    call.close(None, exc)
+                    leave(call, None, exc)
                     raise
-                call.close(result, None)
+                leave(call, result, None)
                 return result
 
         else:
 
             @functools.wraps(original)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                call = hook.open(args, kwargs)
+                call = enter(args, kwargs)
                 if call is None:
                     return original(*args, **kwargs)
                 try:
                     result = original(*args, **kwargs)
                 except BaseException as exc:
-                    call.close(None, exc)
+                    leave(call, None, exc)
                     raise
-                call.close(result, None)
+                leave(call, result, None)
                 return result
 
         setattr(wrapper, WRAPPED_ATTR, original)
         return wrapper
 
-    def open(self, args: Args, kwargs: Kwargs) -> Call | None:
+    def enter(self, args: Args, kwargs: Kwargs) -> Call | None:
         """Start recording a call; ``None`` when it is not to be recorded. Never raises."""
         if not self.enabled or not args:
             return None
@@ -165,10 +170,62 @@ class Hook:
             if outer is not None and outer.hook is self and outer.self_id == self_id:
                 return None
             start = self.activity.begin(args, kwargs)
-            return None if start is None else Call(self, start, self_id, outer)
+            if start is None:
+                return None
+            return self._record_start(start, self_id, None if outer is None else outer.caller)
         except Exception as exc:
             self.disable(exc)
             return None
+
+    def _record_start(self, start: Start, self_id: int, caller: tuple[Any, Any] | None) -> Call:
+        runtime = self.runtime
+        activity = self.activity
+        tracker = runtime.tracker
+        scope = CURRENT.get()
+        if scope is None and start.fallback_agent is not None:
+            scope = runtime.agent_scopes.latest(start.fallback_agent)
+        if activity.point:
+            tracker.event(activity.event_type, subtype=start.subtype,
+                          agent_name=start.agent_name, inputs=start.inputs, meta=start.meta,
+                          scope=scope)
+            return (start, None, INNERMOST.set(_new(Innermost, (self, self_id, caller))), None)
+        span = tracker.start_span(activity.event_type, subtype=start.subtype,
+                                  agent_name=start.agent_name, inputs=start.inputs,
+                                  meta=start.meta, scope=scope)
+        inner = span.inner
+        current = CURRENT.set(inner)
+        if start.owner is not None:
+            caller = (start.owner, start.sender)
+            runtime.agent_scopes.push(span, start.owner, inner)
+        return (start, span, INNERMOST.set(_new(Innermost, (self, self_id, caller))), current)
+
+    def leave(self, call: Call, result: Any, exc: BaseException | None) -> None:
+        """End a call with its result or exception. Never raises."""
+        start, span, innermost, current = call
+        try:
+            INNERMOST.reset(innermost)
+            if current is not None:
+                CURRENT.reset(current)
+        except (ValueError, RuntimeError):  # left in another context: nothing to undo
+            pass
+        if span is None:
+            return
+        activity = self.activity
+        try:
+            if start.owner is not None:
+                self.runtime.agent_scopes.pop(span)
+            end = activity.fail(exc, start) if exc is not None else activity.end(result, start)
+        except Exception as err:
+            self.disable(err)
+            end = End(status="failed" if exc is not None else "completed")  # never leave it open
+        try:
+            tracker = self.runtime.tracker
+            tracker.end_span(span, status=end.status, outputs=end.outputs, error=end.error,
+                             meta=end.meta, subtype=end.subtype)
+            if end.cost is not None:
+                tracker.cost(**end.cost, event_id=span.id, scope=span.scope)
+        except Exception as err:
+            self.disable(err)
 
     def disable(self, exc: BaseException) -> None:
         """Stop recording through this hook after a failure of our own; logged once."""
@@ -177,66 +234,3 @@ class Hook:
             self.runtime.disabled.append(self.key)
             log.warning("cmbagent-tracking: AG2 hook %s disabled after an internal error",
                         self.key, exc_info=exc)
-
-
-class Call:
-    """One recorded call between entry and exit."""
-
-    __slots__ = ("hook", "start", "span", "innermost", "current")
-
-    def __init__(self, hook: Hook, start: Start, self_id: int, outer: Innermost | None) -> None:
-        runtime = hook.runtime
-        activity = hook.activity
-        tracker = runtime.tracker
-        self.hook = hook
-        self.start = start
-        self.span: Span | None = None
-        self.current: Token[Scope | None] | None = None
-        scope = CURRENT.get()
-        if scope is None and start.fallback_agent is not None:
-            scope = runtime.agent_scopes.latest(start.fallback_agent)
-        caller = None if outer is None else outer.caller
-        if activity.point:
-            tracker.event(activity.event_type, subtype=start.subtype,
-                          agent_name=start.agent_name, inputs=start.inputs, meta=start.meta,
-                          scope=scope)
-        else:
-            span = self.span = tracker.start_span(
-                activity.event_type, subtype=start.subtype, agent_name=start.agent_name,
-                inputs=start.inputs, meta=start.meta, scope=scope)
-            inner = span.inner
-            self.current = CURRENT.set(inner)
-            if start.owner is not None:
-                caller = (start.owner, start.sender)
-                runtime.agent_scopes.push(self, start.owner, inner)
-        self.innermost = INNERMOST.set(_new(Innermost, (hook, self_id, caller)))
-
-    def close(self, result: Any, exc: BaseException | None) -> None:
-        """End the call with its result or exception. Never raises."""
-        try:
-            INNERMOST.reset(self.innermost)
-            if self.current is not None:
-                CURRENT.reset(self.current)
-        except (ValueError, RuntimeError):  # closed in another context: nothing to undo
-            pass
-        span = self.span
-        if span is None:
-            return
-        hook = self.hook
-        runtime = hook.runtime
-        start = self.start
-        try:
-            if start.owner is not None:
-                runtime.agent_scopes.pop(self)
-            activity = hook.activity
-            end = activity.fail(exc, start) if exc is not None else activity.end(result, start)
-        except Exception as err:
-            hook.disable(err)
-            end = End(status="failed" if exc is not None else "completed")  # never leave it open
-        try:
-            runtime.tracker.end_span(span, status=end.status, outputs=end.outputs,
-                                     error=end.error, meta=end.meta, subtype=end.subtype)
-            if end.cost is not None:
-                runtime.tracker.cost(**end.cost, event_id=span.id, scope=span.scope)
-        except Exception as err:
-            hook.disable(err)
