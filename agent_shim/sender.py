@@ -53,7 +53,7 @@ _SPOOL_BYTES_PER_SECOND = 40 * 1024 * 1024
 _SPOOL_SECONDS = 0.1
 #: How long after the last record the thread keeps looking for new ones every ``flush_interval``
 #: before it sleeps until a caller wakes it.
-_LINGER_SECONDS = 1.0
+LINGER_SECONDS = 1.0
 
 
 class Mode(enum.Enum):
@@ -344,7 +344,7 @@ class Sender:
         now = time.monotonic()
         # Only this thread takes records: a queue seen holding some holds them until it pumps.
         if len(self._queue) or self._requests:
-            self._active_until = now + _LINGER_SECONDS
+            self._active_until = now + LINGER_SECONDS
             return self._timeout_ms(now)
         timeout = self._timeout_ms(now)
         if now < self._active_until:

@@ -8,6 +8,8 @@ end of the chat:
 
 - ``off``: no hooks, nothing recorded;
 - ``ours``: the AG2 hooks on a live tracker connected to a running collector;
+- ``ours, nothing sent``: the same hooks on a tracker whose sink discards what it is handed (no
+  sender thread): the agent thread's share of ours alone, the floor that delivery adds to;
 - ``ag2 runtime_logging``: AG2's own logger to SQLite (started and stopped outside the timing);
 - ``AG2 OpenTelemetry``: AG2's own OpenTelemetry instrumentation (``autogen.opentelemetry``:
   ``instrument_agent`` on both agents, ``instrument_llm_wrapper`` with its defaults) into a
@@ -39,6 +41,7 @@ from .stats import Summary, ratios
 
 GOAL = 0.15
 TURNS = 60
+FLOOR = "ours, nothing sent"
 _DEVNULL = open(os.devnull, "w")  # noqa: SIM115 (open for the process's lifetime)
 
 
@@ -172,6 +175,29 @@ def orm_sink(dsn: str) -> Any:
     return OrmSink(), engine
 
 
+class DiscardingSink:
+    """A tracker sink that sends nothing: the records are built (payloads snapshotted) and
+    thrown away."""
+
+    def submit(self, record: dict[str, Any]) -> None:
+        pass
+
+    def span_started(self, span: Any) -> None:
+        pass
+
+    def span_ended(self, span: Any) -> None:
+        pass
+
+    def flush(self, timeout: float) -> bool:
+        return True
+
+    def shutdown(self, timeout: float) -> bool:
+        return True
+
+    def forked(self) -> DiscardingSink:
+        return self
+
+
 # --- AG2's own OpenTelemetry instrumentation ----------------------------------------------------
 
 
@@ -236,7 +262,7 @@ def run(bench: Bench) -> list[Result]:
     from autogen import runtime_logging
 
     import agent_shim.ag2 as capture
-    from agent_shim.sender import Sender
+    from agent_shim.sender import LINGER_SECONDS, Sender
     from agent_shim.testing import recording_tracker
     from agent_shim.tracker import Tracker
 
@@ -250,10 +276,12 @@ def run(bench: Bench) -> list[Result]:
     with collector(bench, dsn) as process:
         settings = bench.settings(process.url)
         ours = Tracker(settings, Sender(settings))
+        unsent = Tracker(settings, DiscardingSink())
         legacy = Tracker(settings, orm)
         otel = Ag2OpenTelemetry()
         variants = [
             Variant("off"),
+            Variant(FLOOR, lambda: capture.install(unsent), capture.uninstall),
             Variant("ours", lambda: capture.install(ours),
                     lambda: (capture.uninstall(), ours.flush(30))),
             logger := Variant("ag2 runtime_logging (SQLite)",
@@ -288,6 +316,9 @@ def run(bench: Bench) -> list[Result]:
                 variant.after()
                 if variant.name == "ours":
                     sender_cpu.append(sender_clock() - sender_started)
+                    # The sender thread polls for LINGER_SECONDS after the last record: the
+                    # next variant must not run beside it.
+                    time.sleep(LINGER_SECONDS + 0.1)
         delivered = ours.flush(30)
         ours.shutdown(5)
         legacy.shutdown(5)
@@ -301,7 +332,7 @@ def run(bench: Bench) -> list[Result]:
     ours_over = over["ours"]
     results = [Result("2 workflow", f"AG2 chat, {events} events: capture off",
                       Summary.of(off).scaled(1e3).format(" ms"))]
-    for variant in variants[2:]:
+    for variant in variants[3:]:  # the others: ours' overhead as a share of theirs
         name = variant.name
         share = ratios([v - o for v, o in zip(seconds["ours"], off, strict=True)],
                        [v - o for v, o in zip(seconds[name], off, strict=True)])
@@ -311,6 +342,11 @@ def run(bench: Bench) -> list[Result]:
             _percent(ours_over), _percent(over[name]), share,
             "-" if most is None else "small fraction",
             None if most is None else share.median <= most, note=variant.note))
+    results.append(Result(
+        "2 workflow", "ours' floor: hooks and records, nothing sent",
+        Summary.of(seconds[FLOOR]).scaled(1e3).format(" ms"), "capture off (above)",
+        overhead[FLOOR], note="information: the agent thread's part of ours, with a sink that "
+        "discards; delivery adds the rest"))
     extra = [c - o for c, o in zip(caller_cpu["ours"], caller_cpu["off"], strict=True)]
     results.append(Result(
         "2 workflow", "where ours' time goes: agent CPU per chat",

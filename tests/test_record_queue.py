@@ -73,7 +73,7 @@ def test_an_empty_queue_starts_its_byte_count_over() -> None:
 def test_a_busy_program_never_wakes_the_sender_thread_and_an_idle_one_does(
         tmp_path: Path, monkeypatch: Any) -> None:
     # Nothing listens at port 9: frames stay unsent, the thread keeps taking records.
-    monkeypatch.setattr(sender_module, "_LINGER_SECONDS", 0.5)
+    monkeypatch.setattr(sender_module, "LINGER_SECONDS", 0.5)
     sender = Sender(ShimSettings(collector_urls=("tcp://127.0.0.1:9",), spool_dir=tmp_path,
                                  exit_timeout=0.5))
     wakes: list[float] = []
