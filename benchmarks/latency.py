@@ -38,8 +38,8 @@ def timed_sender(settings: Any) -> Any:
             def timed_pack(*args: Any) -> Any:
                 frame = pack(*args)
                 if frame is not None:
-                    self.emitted[frame.batch_id] = [
-                        r["timestamp"] for r in decode_frame(frame.data)[3]]
+                    self.emitted[frame.batch_id] = [  # events (not the session and run)
+                        r["timestamp"] for r in decode_frame(frame.data)[3] if r["k"] == "event"]
                 return frame
 
             def timed_replied(kind: Any, batch_ids: list[bytes]) -> None:
