@@ -47,6 +47,28 @@ class RecordingSink:
                 and (moment is None or records.moment(r) == moment)]
 
 
+class DiscardingSink:
+    """Throws away what it is handed: what the hooks and record building cost alone."""
+
+    def submit(self, record: Record) -> None:
+        pass
+
+    def span_started(self, span: Span) -> None:
+        pass
+
+    def span_ended(self, span: Span) -> None:
+        pass
+
+    def flush(self, timeout: float) -> bool:
+        return True
+
+    def shutdown(self, timeout: float) -> bool:
+        return True
+
+    def forked(self) -> DiscardingSink:
+        return self
+
+
 def recording_tracker(settings: ShimSettings | None = None) -> tuple[Tracker, RecordingSink]:
     """A live tracker (not the process's) and the sink that receives its records."""
     settings = settings or ShimSettings(collector_urls=("inproc://recording",))

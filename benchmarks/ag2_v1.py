@@ -56,6 +56,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 
 from agent_shim.ag2_v1.capture import CaptureFactory, Runtime
 from agent_shim.config import ShimSettings
+from agent_shim.testing import DiscardingSink
 from agent_shim.tracker import Tracker
 
 from .stats import Summary, ratios
@@ -77,26 +78,6 @@ class Discard(SpanExporter):  # type: ignore[misc]
         return SpanExportResult.SUCCESS
 
 
-class DiscardSink:
-    def submit(self, record: dict[str, Any]) -> None:
-        pass
-
-    def span_started(self, span: Any) -> None:
-        pass
-
-    def span_ended(self, span: Any) -> None:
-        pass
-
-    def flush(self, timeout: float) -> bool:
-        return True
-
-    def shutdown(self, timeout: float) -> bool:
-        return True
-
-    def forked(self) -> DiscardSink:
-        return self
-
-
 #: Hook calls captured per turn: the turn, two LLM calls, one tool call.
 CAPTURED_CALLS = 4
 #: The classic capture's budget (benchmarks part 1): a third of the OpenTelemetry
@@ -111,7 +92,7 @@ def tracer_provider() -> TracerProvider:
 
 
 def factories(provider: TracerProvider) -> dict[str, Factory]:
-    tracker = Tracker(ShimSettings(collector_urls=("inproc://discard",)), DiscardSink())
+    tracker = Tracker(ShimSettings(collector_urls=("inproc://discard",)), DiscardingSink())
     return {"baseline": BaseMiddleware,
             "otel": TelemetryMiddleware(tracer_provider=provider, agent_name="assistant"),
             "ours": CaptureFactory("assistant", Runtime(tracker))}

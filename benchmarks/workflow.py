@@ -178,29 +178,6 @@ def orm_sink(dsn: str) -> Any:
     return OrmSink(), engine
 
 
-class DiscardingSink:
-    """A tracker sink that sends nothing: the records are built (payloads snapshotted) and
-    thrown away."""
-
-    def submit(self, record: dict[str, Any]) -> None:
-        pass
-
-    def span_started(self, span: Any) -> None:
-        pass
-
-    def span_ended(self, span: Any) -> None:
-        pass
-
-    def flush(self, timeout: float) -> bool:
-        return True
-
-    def shutdown(self, timeout: float) -> bool:
-        return True
-
-    def forked(self) -> DiscardingSink:
-        return self
-
-
 # --- AG2's own OpenTelemetry instrumentation ----------------------------------------------------
 
 
@@ -267,7 +244,7 @@ def run(bench: Bench) -> list[Result]:
 
     import agent_shim.ag2 as capture
     from agent_shim.sender import LINGER_SECONDS, Sender
-    from agent_shim.testing import recording_tracker
+    from agent_shim.testing import DiscardingSink, recording_tracker
     from agent_shim.tracker import Tracker
 
     _quiet_ag2()
