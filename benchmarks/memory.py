@@ -131,7 +131,11 @@ def collector_overloaded(bench: Bench) -> Result:
         locker = threading.Thread(target=run_async, args=(_lock_events(dsn, release),))
         locker.start()
         time.sleep(0.5)
-        producers = [_agent(bench, process.url, count, kib) for _ in range(agents)]
+        # Each agent's queue holds all it emits: emitting outruns cleaning 4 KiB payloads, and
+        # past the default 64 MiB the agent would drop (and count) what this part must store.
+        producers = [_agent(bench, process.url, count, kib,
+                            CMBAGENT_QUEUE_MAX_BYTES=str(2 * PENDING_BYTES))
+                     for _ in range(agents)]
         for producer in producers:
             assert producer.stdout is not None
             producer.stdout.readline()
